@@ -1,0 +1,147 @@
+"""GLNet's three kinds of block, each with a reference form and a deploy form.
+
+The reference ("training") form is written the way the authors wrote GLNet:
+`nn.MultiheadAttention` and `F.adaptive_avg_pool2d`, so training code and checkpoints
+behave as they always did. Setting `block.deploy = True` (normally through
+`GLNet.to_deploy()`) switches to a form that computes the same function with the same
+parameters using only operations that export to ONNX with dynamic batch, height and
+width: the 8 x 8 pooling as two averaging matrices built from the input's size, and
+attention as matmul + softmax. The switch is a plain Python attribute checked once per
+call; it never depends on tensor values or sizes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .layers import (
+    LN_EPS,
+    POOL_BINS,
+    LayerNorm2d,
+    attention,
+    conv_mlp,
+    depthwise,
+    layer_scale,
+    pool_8x8,
+    token_mlp,
+)
+
+
+class GLMixBlock(nn.Module):
+    """Convolutions on the pixel grid, attention on 64 soft-clustered semantic slots."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        mlp_ratio: int,
+        pos_conv: bool,
+        mlp_dwconv: bool,
+        layerscale: float,
+        param_slots: bool = False,
+    ) -> None:
+        super().__init__()
+        self.deploy = False
+        num_slots = POOL_BINS * POOL_BINS
+        self.init_slots = nn.Parameter(torch.randn(1, num_slots, dim) * 0.02) if param_slots else None
+        self.slot_scale = nn.Parameter(torch.tensor(dim**-0.5))
+        self.pos_conv = depthwise(dim, 3) if pos_conv else None
+        self.norm1 = LayerNorm2d(dim)
+        self.relation_mha = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.feature_conv = nn.Sequential(nn.Conv2d(dim, dim, 1), depthwise(dim, 5), nn.Conv2d(dim, dim, 1))
+        self.norm2 = LayerNorm2d(dim)
+        self.mlp = conv_mlp(dim, mlp_ratio, mlp_dwconv)
+        self.ls1 = layer_scale(dim, layerscale, nchw=True)
+        self.ls2 = layer_scale(dim, layerscale, nchw=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self._glmix_deploy(x) if self.deploy else self._glmix_reference(x)
+        return x + self.ls2(self.mlp(self.norm2(x)))
+
+    def _glmix_reference(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        if self.init_slots is not None:
+            s0 = self.init_slots.expand(b, -1, -1)
+        else:
+            s0 = F.adaptive_avg_pool2d(x, POOL_BINS).flatten(2).transpose(1, 2)
+        if self.pos_conv is not None:
+            x = x + self.pos_conv(x)
+        y = self.norm1(x)
+        yf = y.flatten(2).transpose(1, 2)  # B x HW x C
+        logits = F.normalize(s0, dim=-1) @ (self.slot_scale * F.normalize(yf, dim=-1)).transpose(1, 2)
+        slots = logits.softmax(dim=-1) @ yf  # clustering: B x 64 x C
+        slots = self.relation_mha(slots, slots, slots, need_weights=False)[0]
+        out = logits.transpose(1, 2).softmax(dim=-1) @ slots  # dispatching: B x HW x C
+        out = out.transpose(1, 2).reshape(b, c, h, w) + self.feature_conv(y)
+        return x + self.ls1(out)
+
+    def _glmix_deploy(self, x: Tensor) -> Tensor:
+        # Same math, arranged for the NCHW layout so that no HW-sized tensor is transposed
+        # except once for the clustering matmul, and with tau applied to the 64 slots
+        # rather than to the HW pixels: (a . tau b) = (tau a) . b.
+        if self.init_slots is not None:
+            s0 = self.init_slots  # 1 x 64 x C, broadcast by matmul
+        else:
+            s0 = pool_8x8(x).flatten(2).transpose(1, 2)  # B x 64 x C
+        if self.pos_conv is not None:
+            x = x + self.pos_conv(x)
+        y = self.norm1(x)
+        yc = y.flatten(2)  # B x C x HW
+        query = F.normalize(s0, dim=-1) * self.slot_scale
+        logits = query @ F.normalize(yc, dim=1)  # B x 64 x HW
+        slots = logits.softmax(dim=-1) @ yc.transpose(1, 2)  # B x 64 x C
+        slots = attention(slots, self.relation_mha)
+        out = slots.transpose(1, 2) @ logits.softmax(dim=1)  # B x C x HW
+        out = out.reshape(y.shape) + self.feature_conv(y)
+        return x + self.ls1(out)
+
+
+class GridMHSABlock(nn.Module):
+    """Full self-attention over the pixels of an NCHW map (`mha_nchw`)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int, pos_conv: bool, mlp_dwconv: bool,
+                 layerscale: float) -> None:
+        super().__init__()
+        self.deploy = False
+        self.pos_conv = depthwise(dim, 3) if pos_conv else None
+        self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
+        self.mha_op = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm2 = LayerNorm2d(dim)
+        self.mlp = conv_mlp(dim, mlp_ratio, mlp_dwconv)
+        self.ls1 = layer_scale(dim, layerscale, nchw=False)
+        self.ls2 = layer_scale(dim, layerscale, nchw=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.pos_conv is not None:
+            x = x + self.pos_conv(x)
+        t = x.flatten(2).transpose(1, 2)  # B x HW x C
+        n = self.norm1(t)
+        if self.deploy:
+            a = attention(n, self.mha_op)
+        else:
+            a = self.mha_op(n, n, n, need_weights=False)[0]
+        t = t + self.ls1(a)
+        x = t.transpose(1, 2).reshape(x.shape)
+        return x + self.ls2(self.mlp(self.norm2(x)))
+
+
+class TokenMHSABlock(nn.Module):
+    """Pre-norm transformer block on a token sequence (`mha`, last stage of glnet_stl)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int) -> None:
+        super().__init__()
+        self.deploy = False
+        self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
+        self.mha_op = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
+        self.mlp = token_mlp(dim, mlp_ratio)
+
+    def forward(self, t: Tensor) -> Tensor:
+        n = self.norm1(t)
+        if self.deploy:
+            t = t + attention(n, self.mha_op)
+        else:
+            t = t + self.mha_op(n, n, n, need_weights=False)[0]
+        return t + self.mlp(self.norm2(t))

@@ -1,0 +1,33 @@
+"""`create_model`: build a variant by name, optionally load a checkpoint, optionally deploy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import get_config
+from .model import GLNet
+
+
+def create_model(
+    name: str,
+    checkpoint: str | Path | None = None,
+    num_classes: int = 1000,
+    deploy: bool = False,
+    use_ema: bool = False,
+) -> GLNet:
+    """Build GLNet variant `name` in eval mode.
+
+    `checkpoint`: a file in any supported layout (see `glnet.checkpoint`), loaded
+    strictly. `deploy=True` returns the export-friendly form. `use_ema` picks the EMA
+    weights of a checkpoint that has them.
+    """
+    cfg = get_config(name)
+    model = GLNet(cfg, num_classes=num_classes)
+    if checkpoint is not None:
+        from .checkpoint import load_checkpoint
+
+        load_checkpoint(model, checkpoint, use_ema=use_ema)
+    model.eval()
+    if deploy:
+        model.to_deploy()
+    return model
