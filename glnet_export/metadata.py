@@ -1,0 +1,77 @@
+"""What an exported artifact carries about itself, so a runtime needs no source code.
+
+Written into ONNX `metadata_props` (one key per field) by the exporter and read back by
+every runtime; OpenVINO IR carries the same fields in its `rt_info`. Strings are stored
+as they are, everything else as JSON, so the values stay readable in tools like Netron.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_LABELS = "imagenet-1k"  # the labels shipped in glnet_export/data
+# A key that marks a file as ours; runtimes use it to tell a GLNet artifact apart.
+MARKER_KEY = "glnet_export_version"
+
+
+class MetadataError(ValueError):
+    """The artifact's metadata is missing or unreadable."""
+
+
+@dataclass
+class ArtifactMetadata:
+    model: str
+    num_classes: int
+    config: dict[str, Any] = field(default_factory=dict)
+    input_name: str = "input"
+    output_name: str = "logits"
+    input_layout: str = "NCHW"
+    color_order: str = "RGB"
+    input_size: tuple[int, int] = (224, 224)  # H, W the weights were trained at
+    crop_pct: float = 0.875  # resize the shorter side to size / crop_pct, then centre-crop
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    labels: str = IMAGENET_LABELS  # "imagenet-1k", or "" when the classes are unnamed
+    dynamic: str = "batch"  # none | batch | shape
+    precision: str = "fp32"
+    random_weights: bool = True
+    checkpoint_sha256: str = ""
+    opset: int = 0
+    torch_version: str = ""
+    onnx_version: str = ""
+    glnet_export_version: str = ""
+
+    def to_props(self) -> dict[str, str]:
+        props = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            props[f.name] = value if isinstance(value, str) else json.dumps(value)
+        return props
+
+    @classmethod
+    def from_props(cls, props: dict[str, str]) -> ArtifactMetadata:
+        if MARKER_KEY not in props or "model" not in props:
+            raise MetadataError("the file carries no glnet-export metadata (was it exported by glnet-export?)")
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in props:
+                continue
+            raw = props[f.name]
+            if f.type in ("str", str):
+                kwargs[f.name] = raw
+                continue
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise MetadataError(f"metadata field {f.name!r} is not valid JSON: {raw[:60]!r}") from exc
+            kwargs[f.name] = tuple(value) if isinstance(value, list) else value
+        try:
+            return cls(**kwargs)
+        except TypeError as exc:
+            raise MetadataError(f"incomplete glnet-export metadata: {exc}") from exc
