@@ -91,13 +91,13 @@ class GLNet(nn.Module):
     def forward_stages(self, x: Tensor) -> list[Tensor]:
         """The four stage outputs (strides 4, 8, 16, 32), for dense-task backbones."""
         outputs = []
-        for down, stage in zip(self.downsample_layers, self.stages):
+        for down, stage in zip(self.downsample_layers, self.stages, strict=True):
             x = stage(down(x))
             outputs.append(x)
         return outputs
 
     def forward_features(self, x: Tensor) -> Tensor:
-        for down, stage in zip(self.downsample_layers, self.stages):
+        for down, stage in zip(self.downsample_layers, self.stages, strict=True):
             x = stage(down(x))
         return x
 

@@ -1,0 +1,1 @@
+"""Converters: one module per conversion, each a plain function with typed options and result."""

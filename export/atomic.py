@@ -1,0 +1,56 @@
+"""Write artifacts so that a failure or Ctrl-C never leaves a half-written file behind.
+
+Everything is written to temporary names in the target's folder (same file system, so
+the final rename is atomic) and renamed into place only when complete; a good artifact
+from an earlier run is replaced only by a complete new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from glnet_export.errors import GlnetExportError
+
+
+class OutputPathError(GlnetExportError):
+    """The output location cannot be written."""
+
+
+def check_writable(target: Path) -> None:
+    """Fail early, before minutes of work, when `target` cannot be written."""
+    folder = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise OutputPathError(f"{target}: is a folder, expected a file name")
+    if not folder.is_dir():
+        raise OutputPathError(f"{target}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{target}: folder {folder} is not writable")
+    if target.exists() and not os.access(target, os.W_OK):
+        raise OutputPathError(f"{target}: file exists and is not writable")
+
+
+@contextlib.contextmanager
+def atomic_outputs(*targets: Path) -> Iterator[list[Path]]:
+    """Yield temporary paths for `targets`; rename them into place only on success.
+
+    With several targets (an OpenVINO .xml and its .bin) the first one is renamed last, so
+    a reader that opens it finds its companions already complete.
+    """
+    temps: list[Path] = []
+    try:
+        for target in targets:
+            check_writable(target)
+            fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            os.close(fd)
+            temps.append(Path(name))
+        yield temps
+        for temp, target in reversed(list(zip(temps, targets, strict=True))):
+            os.replace(temp, target)
+    finally:
+        for temp in temps:
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()

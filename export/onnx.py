@@ -1,0 +1,228 @@
+"""PyTorch GLNet -> one self-contained ONNX file, correct at every shape it claims.
+
+The traps this module exists for (FIELD_NOTES): the legacy exporter refuses GLMix, so
+the dynamo exporter is used on the deploy form; a batch-1 example freezes a "dynamic"
+batch, so the example batch is always >= 2 when the batch is dynamic; the reference
+form's adaptive pooling is baked to the traced size, so the deploy form computes it from
+the input's size. Verification at other shapes (`export.onnx_verify`) proves the result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+import torch
+
+import glnet_export
+from glnet.model import GLNet
+from glnet_export.errors import ExportError, OptionError, one_line
+from glnet_export.metadata import IMAGENET_LABELS, ArtifactMetadata
+
+from .atomic import atomic_outputs, check_writable
+
+DYNAMIC_MODES = ("none", "batch", "shape")
+MIN_SIDE = 32  # the network down-samples 32x
+PROTOBUF_LIMIT = 2**31 - 1  # above this the weights must go to a side file
+Progress = Callable[[str], None]
+
+
+@dataclass
+class OnnxExportOptions:
+    opset: int = 20  # native Gelu and LayerNormalization; TensorRT 10.3 parses it
+    input_size: tuple[int, int] = (224, 224)
+    batch: int = 1  # fixed batch for dynamic="none"; the first verified batch otherwise
+    dynamic: str = "batch"
+    simplify: bool = True
+
+    def validate(self) -> None:
+        if self.dynamic not in DYNAMIC_MODES:
+            raise OptionError(f"--dynamic must be one of {', '.join(DYNAMIC_MODES)}, not {self.dynamic!r}")
+        h, w = self.input_size
+        if h < MIN_SIDE or w < MIN_SIDE:
+            raise OptionError(f"input size {h}x{w} is too small: GLNet down-samples 32x, use at least 32x32")
+        if self.batch < 1:
+            raise OptionError(f"batch must be >= 1, not {self.batch}")
+        if not 17 <= self.opset <= 23:
+            raise OptionError(f"opset {self.opset} is not supported; use 17 to 23 (20 is the default)")
+
+
+@dataclass
+class OnnxExportResult:
+    path: Path
+    metadata: ArtifactMetadata
+    opset: int
+    batch: int  # the fixed batch, or the example's batch when the batch is dynamic
+    dynamic_axes: dict[str, list[str]]
+    nodes_exported: int
+    nodes_final: int
+    simplified: bool
+    size_bytes: int
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_input_size(text: str) -> tuple[int, int]:
+    """'224' -> (224, 224); '288x352' -> (288, 352)."""
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        sizes = [int(p) for p in parts]
+    except ValueError:
+        raise OptionError(f"input size {text!r} is not N or HxW (e.g. 224 or 288x352)") from None
+    if len(sizes) == 1:
+        sizes *= 2
+    if len(sizes) != 2 or min(sizes) < MIN_SIDE:
+        raise OptionError(f"input size {text!r} must be N or HxW with both sides >= {MIN_SIDE}")
+    return sizes[0], sizes[1]
+
+
+def _dynamic_shapes(mode: str) -> tuple[dict[str, dict[int, torch.export.Dim]] | None, dict[str, list[str]]]:
+    if mode == "none":
+        return None, {}
+    dims: dict[int, torch.export.Dim] = {0: torch.export.Dim("batch", min=1, max=4096)}
+    names = {"input": ["batch"], "logits": ["batch"]}
+    if mode == "shape":
+        dims[2] = torch.export.Dim("height", min=MIN_SIDE, max=8192)
+        dims[3] = torch.export.Dim("width", min=MIN_SIDE, max=8192)
+        names["input"] += ["height", "width"]
+    return {"x": dims}, names
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> object:
+    """torch.onnx prints progress and warnings of its own; we report our own progress."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
+
+
+def trace_to_onnx(model: GLNet, options: OnnxExportOptions) -> onnx.ModelProto:
+    """Run the dynamo exporter on the deploy form of `model` (left unchanged)."""
+    deploy = copy.deepcopy(model).eval().to_deploy()
+    dynamic_shapes, _ = _dynamic_shapes(options.dynamic)
+    # A dynamic axis whose example size is 1 gets specialised to 1 (FIELD_NOTES trap 2).
+    batch = max(2, options.batch) if options.dynamic != "none" else options.batch
+    example = torch.randn(batch, 3, *options.input_size)
+    try:
+        with _quiet_exporter(), torch.inference_mode(False), torch.no_grad():
+            program = torch.onnx.export(
+                deploy, (example,), None, input_names=["input"], output_names=["logits"],
+                opset_version=options.opset, dynamic_shapes=dynamic_shapes, dynamo=True,
+                external_data=False, optimize=True, verify=False, report=False,
+            )
+    except Exception as exc:
+        raise ExportError(f"torch.onnx.export failed: {one_line(exc)}") from exc
+    assert program is not None
+    return program.model_proto
+
+
+def simplify(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
+    """onnxsim on the graph; on any failure the input graph and the reason."""
+    try:
+        import onnxsim
+    except ImportError:
+        return proto, "onnxsim is not installed"
+    try:
+        with _quiet_exporter():
+            simplified, ok = onnxsim.simplify(proto, check_n=0)
+    except Exception as exc:  # noqa: BLE001 - a failed simplification must not fail the export
+        return proto, f"onnxsim failed: {one_line(exc)}"
+    if not ok:
+        return proto, "onnxsim reported the simplified graph as invalid"
+    return simplified, None
+
+
+def check_graph(proto: onnx.ModelProto) -> None:
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:
+        raise ExportError(f"the exported graph fails onnx.checker: {one_line(exc)}") from exc
+
+
+def build_metadata(model: GLNet, options: OnnxExportOptions, checkpoint_sha256: str | None) -> ArtifactMetadata:
+    return ArtifactMetadata(
+        model=model.cfg.name,
+        num_classes=model.num_classes,
+        config=model.cfg.to_dict(),
+        input_size=options.input_size,
+        labels=IMAGENET_LABELS if model.num_classes == 1000 else "",
+        dynamic=options.dynamic,
+        random_weights=checkpoint_sha256 is None,
+        checkpoint_sha256=checkpoint_sha256 or "",
+        opset=options.opset,
+        torch_version=torch.__version__,
+        onnx_version=onnx.__version__,
+        glnet_export_version=glnet_export.__version__,
+    )
+
+
+def save_onnx(proto: onnx.ModelProto, output: Path) -> None:
+    """Save atomically, weights inside the file unless protobuf's 2 GB limit forbids it."""
+    with atomic_outputs(output) as (temp,):
+        if proto.ByteSize() < PROTOBUF_LIMIT:
+            onnx.save_model(proto, temp)
+        else:  # pragma: no cover - no GLNet variant is this large
+            data = output.with_suffix(".onnx.data")
+            onnx.save_model(proto, temp, save_as_external_data=True, location=data.name)
+
+
+def export_onnx(
+    model: GLNet,
+    output: str | Path,
+    options: OnnxExportOptions | None = None,
+    checkpoint_sha256: str | None = None,
+    progress: Progress | None = None,
+) -> OnnxExportResult:
+    """Export `model` to `output`; the model itself is not modified.
+
+    `checkpoint_sha256` is recorded in the metadata (None means random weights).
+    """
+    options = options or OnnxExportOptions()
+    options.validate()
+    output = Path(output)
+    check_writable(output)
+    say = progress or (lambda _msg: None)
+    start = time.perf_counter()
+    notes: list[str] = []
+
+    say(f"exporting {model.cfg.name} with torch.onnx (dynamo), dynamic {options.dynamic}")
+    proto = trace_to_onnx(model, options)
+    nodes_exported = len(proto.graph.node)
+    simplified = False
+    if options.simplify:
+        say("simplifying with onnxsim")
+        proto, reason = simplify(proto)
+        simplified = reason is None
+        if reason:
+            notes.append(f"kept the unsimplified graph: {reason}")
+    say("checking the graph (onnx.checker)")
+    check_graph(proto)
+    meta = build_metadata(model, options, checkpoint_sha256)
+    del proto.metadata_props[:]
+    for key, value in meta.to_props().items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.doc_string = f"GLNet {meta.model} exported by glnet-export {glnet_export.__version__}"
+    say(f"writing {output}")
+    save_onnx(proto, output)
+    _, dynamic_axes = _dynamic_shapes(options.dynamic)
+    return OnnxExportResult(
+        path=output, metadata=meta, opset=options.opset, batch=options.batch, dynamic_axes=dynamic_axes,
+        nodes_exported=nodes_exported, nodes_final=len(proto.graph.node), simplified=simplified,
+        size_bytes=output.stat().st_size, seconds=time.perf_counter() - start, notes=notes,
+    )

@@ -1,0 +1,23 @@
+"""The `glnet-export` command: a thin layer that parses options, calls library functions
+and renders their typed results (rich tables for people, `--json` for machines)."""
+
+from __future__ import annotations
+
+import typer
+
+from . import models_cmd, onnx_cmd
+
+app = typer.Typer(
+    name="glnet-export",
+    help="Export GLNet to ONNX, OpenVINO and TensorRT, verify it against PyTorch, and benchmark it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command("models")(models_cmd.models)
+app.command("onnx")(onnx_cmd.onnx)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,108 @@
+"""What every command shares: consoles, the error policy, option parsing, JSON output."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from glnet_export.errors import GlnetExportError, one_line
+
+# Results go to stdout (so `--json -` and pipes stay clean); progress and errors to stderr.
+# Not on a terminal (CI logs, pipes) rich would wrap tables at 80 columns; 120 keeps rows whole.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 120)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("GLNET_EXPORT_DEBUG", "") not in ("", "0")
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[bold red]Error:[/] {message}", soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    # Errors of the libraries underneath that say something useful on one line.
+    from glnet.config import UnknownModelError
+
+    return (GlnetExportError, UnknownModelError, FileNotFoundError, PermissionError, IsADirectoryError)
+
+
+def handle_errors(fn: F) -> F:
+    """One line on stderr and exit code 1 for known errors; 130 for Ctrl-C.
+
+    Unexpected errors also get one line, pointing at GLNET_EXPORT_DEBUG=1 for the
+    traceback, so that a user never has to read a stack dump to learn what went wrong.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except KeyboardInterrupt:
+            raise fail("interrupted; no partial files were left behind", 130) from None
+        except Exception as exc:
+            if debug_enabled():
+                raise
+            if isinstance(exc, _known_errors()):
+                raise fail(one_line(exc)) from None
+            raise fail(f"unexpected {exc.__class__.__name__}: {one_line(exc)} "
+                       "(set GLNET_EXPORT_DEBUG=1 for the traceback)") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def to_jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        data = {k: to_jsonable(v) for k, v in fields.items()}
+        if hasattr(value, "passed"):
+            data["passed"] = value.passed
+        return data
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN or infinity
+    return value
+
+
+def write_json(data: Any, target: Path | None) -> None:
+    """Write `data` as JSON to a file, or to stdout when the target is '-'."""
+    if target is None:
+        return
+    text = json.dumps(to_jsonable(data), indent=2) + "\n"
+    if str(target) == "-":
+        sys.stdout.write(text)
+        return
+    from export.atomic import atomic_outputs
+
+    with atomic_outputs(target) as (temp,):
+        temp.write_text(text, encoding="utf-8")
+
+
+def human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{n} B"
+        size /= 1024
+    return f"{n} B"

@@ -1,0 +1,102 @@
+"""`glnet-export onnx`: export, check, simplify, write atomically, then prove it right."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from .common import err, fail, handle_errors, human_bytes, out, write_json
+from .render import verification_table
+
+
+@handle_errors
+def onnx(
+    model: Annotated[str, typer.Option("--model", "-m", help="Variant name (see `glnet-export models`).")],
+    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", "-c", help="Trained weights (.pth).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output file [default: MODEL.onnx].")] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset (17-23).")] = 20,
+    input_size: Annotated[str, typer.Option("--input-size", help="N or HxW; the export shape.")] = "224",
+    batch: Annotated[int, typer.Option(help="Batch size: fixed with --dynamic none, else the first one verified.")] = 1,
+    dynamic: Annotated[str, typer.Option(help="none | batch | shape (batch, height and width).")] = "batch",
+    simplify: Annotated[bool, typer.Option(help="Simplify the graph with onnxsim.")] = True,
+    verify: Annotated[bool, typer.Option(help="Run the file in onnxruntime against PyTorch after export.")] = True,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON ('-' for stdout).")] = None,
+    use_ema: Annotated[bool, typer.Option("--ema", help="Use the checkpoint's EMA weights.")] = False,
+    num_classes: Annotated[int, typer.Option(help="Classes of the checkpoint's head.")] = 1000,
+    max_rel: Annotated[float | None, typer.Option(help="Tolerance: max |a-b| / max |ref|.")] = None,
+    min_cosine: Annotated[float | None, typer.Option(help="Tolerance: smallest cosine similarity.")] = None,
+    min_top1: Annotated[float | None, typer.Option(help="Tolerance: top-1 agreement, 0..1.")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for verification.")] = None,
+) -> None:
+    """Export a GLNet to one self-contained ONNX file and verify it against PyTorch."""
+    import glnet
+    from export.onnx import OnnxExportOptions, export_onnx, parse_input_size
+    from export.onnx_verify import VerifyOptions, verify_onnx
+
+    options = OnnxExportOptions(opset=opset, input_size=parse_input_size(input_size), batch=batch,
+                                dynamic=dynamic, simplify=simplify)
+    options.validate()
+    output = output or Path(f"{model}.onnx")
+    glnet.get_config(model)  # an unknown name fails here, before the slow imports below
+
+    sha256 = None
+    with err.status(f"building {model}"):
+        net = glnet.create_model(model, num_classes=num_classes)
+        if checkpoint is not None:
+            from glnet.checkpoint import load_checkpoint
+
+            sha256 = load_checkpoint(net, checkpoint, use_ema=use_ema).sha256
+    if sha256 is None:
+        err.print(f"[bold yellow]WARNING:[/] no --checkpoint given: exporting RANDOM weights of {model} "
+                  "(fine for latency work; its predictions mean nothing)")
+
+    with err.status("exporting") as status:
+        result = export_onnx(net, output, options, checkpoint_sha256=sha256, progress=status.update)
+        report = None
+        if verify:
+            vopts = VerifyOptions(batch=batch, max_rel=max_rel, min_cosine=min_cosine, min_top1=min_top1,
+                                  threads=threads)
+            report = verify_onnx(result.path, net, vopts, progress=status.update)
+
+    write_json({"export": result, "verification": report}, json_path)
+    if json_path is not None and str(json_path) == "-":
+        raise typer.Exit(0 if report is None or report.passed else 1)
+    out.print(_summary(result, checkpoint))
+    for note in result.notes:
+        err.print(f"[yellow]note:[/] {note}")
+    if report is not None:
+        out.print(verification_table(report))
+        if not report.passed:
+            raise fail(f"verification FAILED: {result.path} was written but does not match PyTorch "
+                       "(see the table above)")
+        out.print(f"[bold green]PASSED[/] {result.path} matches PyTorch at {len(report.results)} shape(s)")
+    else:
+        out.print("[yellow]not verified[/] (--no-verify)")
+
+
+def _summary(result, checkpoint: Path | None) -> Table:  # type: ignore[no-untyped-def]
+    meta = result.metadata
+    table = Table(show_header=False, box=None, title=f"[bold]{meta.model}[/] -> {result.path}", title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    weights = (f"{checkpoint} (sha256 {meta.checkpoint_sha256[:16]}...)" if checkpoint
+               else "[bold yellow]RANDOM[/] (no --checkpoint)")
+    dims = ["batch" if meta.dynamic in ("batch", "shape") else str(result.batch), "3"]
+    h, w = meta.input_size
+    dims += ["height", "width"] if meta.dynamic == "shape" else [str(h), str(w)]
+    table.add_row("file", f"{result.path} ({human_bytes(result.size_bytes)})")
+    table.add_row("weights", weights)
+    table.add_row("input", escape(f"{meta.input_name} float32 [{', '.join(dims)}], {meta.color_order}, "
+                                  f"ImageNet mean/std, trained at {h}x{w}"))
+    table.add_row("output", escape(f"{meta.output_name} float32 [{dims[0]}, {meta.num_classes}]"))
+    table.add_row("opset", str(result.opset))
+    simplified = "after onnxsim" if result.simplified else "(not simplified)"
+    table.add_row("nodes", f"{result.nodes_exported} exported -> {result.nodes_final} {simplified}")
+    table.add_row("dynamic", meta.dynamic + ("" if meta.dynamic == "none" else
+                                             f" ({', '.join(result.dynamic_axes['input'])})"))
+    table.add_row("time", f"{result.seconds:.1f} s")
+    return table

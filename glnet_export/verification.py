@@ -1,0 +1,195 @@
+"""Compare an artifact's outputs with a reference, shape by shape, Polygraphy-style.
+
+Both sides are plain callables `array -> array`, so the same code checks an ONNX file
+in onnxruntime against PyTorch, an OpenVINO IR against an ONNX file, and so on. Inputs
+are real photographs (preprocessed as the artifact says) plus random normal inputs,
+because random inputs alone say nothing about top-1 agreement on natural images.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import one_line
+from .metadata import ArtifactMetadata
+from .preprocess import preprocess
+
+InferFn = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Pass criteria for one comparison. `max_rel` is max |a - b| / max |reference|."""
+
+    max_rel: float
+    min_cosine: float
+    min_top1: float  # fraction of samples whose top-1 class agrees
+
+    def describe(self) -> str:
+        return f"rel <= {self.max_rel:g}, cosine >= {self.min_cosine:g}, top-1 >= {self.min_top1:.0%}"
+
+
+# Defaults per precision that ran. fp32 differs from PyTorch only by the order of float
+# operations (measured ~1e-6 relative on glnet_4g); reduced precisions are judged mostly
+# by whether they still pick the same classes.
+DEFAULT_TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(max_rel=1e-4, min_cosine=0.99999, min_top1=1.0),
+    "fp16": Tolerance(max_rel=2e-2, min_cosine=0.999, min_top1=0.9),
+    "bf16": Tolerance(max_rel=8e-2, min_cosine=0.99, min_top1=0.8),
+    "int8": Tolerance(max_rel=2e-1, min_cosine=0.98, min_top1=0.8),
+}
+
+
+def tolerance_for(precision: str, **overrides: float | None) -> Tolerance:
+    base = DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["fp32"])
+    values = {k: v for k, v in overrides.items() if v is not None}
+    return Tolerance(**{**asdict(base), **values})
+
+
+@dataclass
+class ShapeResult:
+    """Metrics of one input shape, over photographs and random inputs together."""
+
+    shape: tuple[int, int, int, int]
+    samples: int
+    photos: int
+    max_abs: float
+    max_rel: float
+    cosine: float  # the smallest per-sample cosine similarity
+    top1: float  # fraction of samples whose top-1 class agrees
+    top5: float  # fraction of samples whose top-5 classes are the same set
+    passed: bool
+    failures: list[str] = field(default_factory=list)
+
+
+@dataclass
+class VerificationReport:
+    reference: str
+    candidate: str
+    precision: str
+    tolerance: Tolerance
+    results: list[ShapeResult]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.results) and all(r.passed for r in self.results)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["passed"] = self.passed
+        return data
+
+
+def shapes_to_verify(meta: ArtifactMetadata, batch: int) -> list[tuple[int, int, int, int]]:
+    """The export shape, and for dynamic axes at least one more shape per dynamic axis.
+
+    A dynamic-resolution export that is only checked at the traced size can be silently
+    wrong elsewhere (FIELD_NOTES trap 3), so `shape` adds a larger and an odd resolution.
+    """
+    h, w = meta.input_size
+    shapes = [(batch, 3, h, w)]
+    if meta.dynamic in ("batch", "shape"):
+        shapes.append((batch + 2, 3, h, w))
+    if meta.dynamic == "shape":
+        shapes.append((1, 3, h + 64, w + 64))
+        odd_h, odd_w = max(33, h * 3 // 4) | 1, max(45, h * 5 // 4) | 1
+        shapes.append((2, 3, odd_h, odd_w))
+    return shapes
+
+
+def make_batches(
+    meta: ArtifactMetadata, shape: tuple[int, int, int, int], photos: Sequence[Path], random: int = 2, seed: int = 0
+) -> tuple[list[np.ndarray], int]:
+    """Batches of `shape` holding every photograph, then `random` random inputs (at least).
+
+    The last batch is filled up with random inputs so that a fixed-batch artifact can run
+    it. Returns the batches and how many samples are photographs.
+    """
+    b, _, h, w = shape
+    rng = np.random.default_rng(seed + h * 7 + w * 13 + b)
+    samples = [preprocess(p, meta, size=(h, w))[0] for p in photos]
+    n_photos = len(samples)
+    while len(samples) < n_photos + random or len(samples) % b:
+        samples.append(rng.standard_normal((3, h, w)).astype(np.float32))
+    return [np.stack(samples[i : i + b]) for i in range(0, len(samples), b)], n_photos
+
+
+def compare_outputs(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+    ref = reference.astype(np.float64).reshape(reference.shape[0], -1)
+    out = candidate.astype(np.float64).reshape(candidate.shape[0], -1)
+    diff = np.abs(ref - out)
+    scale = max(float(np.abs(ref).max()), 1e-12)
+    dots = (ref * out).sum(1)
+    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
+    cosine = float(np.min(np.where(norms > 0, dots / np.maximum(norms, 1e-30), 1.0)))
+    k = min(5, ref.shape[1])
+    top5_ref = np.sort(np.argsort(-ref, axis=1)[:, :k], axis=1)
+    top5_out = np.sort(np.argsort(-out, axis=1)[:, :k], axis=1)
+    return {
+        "max_abs": float(diff.max()),
+        "max_rel": float(diff.max() / scale),
+        "cosine": cosine,
+        "top1": float(np.mean(ref.argmax(1) == out.argmax(1))),
+        "top5": float(np.mean(np.all(top5_ref == top5_out, axis=1))),
+    }
+
+
+def check(metrics: dict[str, float], tol: Tolerance) -> list[str]:
+    failures = []
+    if not math.isfinite(metrics["max_abs"]):
+        failures.append("non-finite outputs")
+    if not metrics["max_rel"] <= tol.max_rel:
+        failures.append(f"max rel error {metrics['max_rel']:.3g} > {tol.max_rel:g}")
+    if not metrics["cosine"] >= tol.min_cosine:
+        failures.append(f"cosine {metrics['cosine']:.6f} < {tol.min_cosine:g}")
+    if not metrics["top1"] >= tol.min_top1:
+        failures.append(f"top-1 agreement {metrics['top1']:.0%} < {tol.min_top1:.0%}")
+    return failures
+
+
+def _failed(shape: tuple[int, int, int, int], samples: int, photos: int, reason: str) -> ShapeResult:
+    return ShapeResult(shape, samples, photos, math.inf, math.inf, 0.0, 0.0, 0.0, False, [reason])
+
+
+def verify(
+    reference: InferFn,
+    candidate: InferFn,
+    meta: ArtifactMetadata,
+    shapes: Sequence[tuple[int, int, int, int]],
+    tolerance: Tolerance,
+    photos: Sequence[Path] = (),
+    names: tuple[str, str] = ("pytorch", "candidate"),
+    on_shape: Callable[[tuple[int, int, int, int]], None] | None = None,
+) -> VerificationReport:
+    """Run both sides on the same inputs at every shape and judge each against `tolerance`."""
+    report = VerificationReport(names[0], names[1], meta.precision, tolerance, [])
+    if not photos:
+        report.notes.append("no photographs available (install scikit-image): random inputs only")
+    for shape in shapes:
+        if on_shape is not None:
+            on_shape(shape)
+        batches, n_photos = make_batches(meta, shape, photos)
+        ref = np.concatenate([reference(batch) for batch in batches])
+        try:
+            out = np.concatenate([candidate(batch) for batch in batches])
+        except Exception as exc:  # noqa: BLE001 - any runtime failure is a verification failure
+            message = one_line(exc, 200)
+            # A mis-exported graph often fails outright at shapes other than the traced one.
+            report.results.append(_failed(shape, len(ref), n_photos, f"failed to run: {message}"))
+            continue
+        if out.shape != ref.shape:
+            report.results.append(_failed(shape, len(ref), n_photos, f"output shape {out.shape} != reference {ref.shape}"))
+            continue
+        metrics = compare_outputs(ref, out)
+        failures = check(metrics, tolerance)
+        report.results.append(
+            ShapeResult(shape, len(ref), n_photos, passed=not failures, failures=failures, **metrics)
+        )
+    return report

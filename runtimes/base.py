@@ -1,0 +1,97 @@
+"""The one inference interface every back-end implements.
+
+`Runner` owns the public surface and the checks that are the same everywhere (input
+rank, dtype, channels, static dimensions, use after close); back-ends implement
+`_infer` and `_close` only, so a new back-end is one small module.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from types import TracebackType
+
+import numpy as np
+
+from glnet_export.errors import GlnetExportError
+from glnet_export.metadata import ArtifactMetadata
+
+Dim = int | str | None  # a fixed size, a symbolic name, or unknown
+
+
+class RuntimeInputError(GlnetExportError, ValueError):
+    """An input array the artifact cannot take."""
+
+
+class BackendUnavailableError(GlnetExportError):
+    """The back-end's library is not installed (the message says what to install)."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[Dim, ...]
+    dtype: str
+
+    @property
+    def dynamic_axes(self) -> tuple[int, ...]:
+        return tuple(i for i, d in enumerate(self.shape) if not isinstance(d, int))
+
+
+class Runner(ABC):
+    """A loaded artifact that maps a N x 3 x H x W float32 array to its output."""
+
+    backend: str = "base"
+
+    def __init__(self) -> None:
+        self.inputs: list[TensorSpec] = []
+        self.outputs: list[TensorSpec] = []
+        self.precision: str = "fp32"  # the precision that actually runs, not the one asked for
+        self.device: str = "cpu"
+        self.metadata: ArtifactMetadata | None = None
+        self._closed = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend} ({self.device}, {self.precision})"
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        if self._closed:
+            raise RuntimeInputError(f"{self.backend} runner is closed")
+        self._check_input(x)
+        return self._infer(np.ascontiguousarray(x))
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._close()
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def _check_input(self, x: np.ndarray) -> None:
+        if not isinstance(x, np.ndarray):
+            raise RuntimeInputError(f"expected a numpy array, got {type(x).__name__}")
+        if x.dtype != np.float32:
+            raise RuntimeInputError(f"expected float32 input, got {x.dtype}")
+        if x.ndim != 4:
+            raise RuntimeInputError(f"expected a 4-D N x 3 x H x W input, got shape {x.shape}")
+        if x.shape[1] != 3:
+            raise RuntimeInputError(f"expected 3 channels (RGB) on axis 1, got shape {x.shape}")
+        if self.inputs:
+            spec = self.inputs[0]
+            for axis, (want, got) in enumerate(zip(spec.shape, x.shape, strict=False)):
+                if isinstance(want, int) and want != got:
+                    raise RuntimeInputError(
+                        f"input {spec.name!r} has a fixed size {want} on axis {axis}, got shape {x.shape}"
+                    )
+
+    @abstractmethod
+    def _infer(self, x: np.ndarray) -> np.ndarray: ...
+
+    def _close(self) -> None:  # noqa: B027 - back-ends override when they hold resources
+        pass

@@ -1,0 +1,68 @@
+"""onnxruntime back-end (CPU; the CUDA and TensorRT execution providers when installed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from glnet_export.metadata import ArtifactMetadata, MetadataError
+
+from .base import BackendUnavailableError, Runner, TensorSpec
+
+PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+def _ort():  # type: ignore[no-untyped-def]
+    try:
+        import onnxruntime
+    except ImportError:
+        raise BackendUnavailableError("onnxruntime is not installed: pip install onnxruntime") from None
+    return onnxruntime
+
+
+def session_options(threads: int | None = None):  # type: ignore[no-untyped-def]
+    ort = _ort()
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    return opts
+
+
+class OnnxRuntimeRunner(Runner):
+    backend = "onnxruntime"
+
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None) -> None:
+        super().__init__()
+        ort = _ort()
+        if device not in PROVIDERS:
+            raise BackendUnavailableError(f"onnxruntime device must be one of {', '.join(PROVIDERS)}, not {device!r}")
+        wanted = PROVIDERS[device]
+        available = set(ort.get_available_providers())
+        if wanted[0] not in available:
+            raise BackendUnavailableError(
+                f"onnxruntime here has no {wanted[0]} (available: {', '.join(sorted(available))})"
+            )
+        self.session = ort.InferenceSession(str(path), session_options(threads), providers=wanted)
+        self.device = device
+        self.inputs = [TensorSpec(i.name, tuple(i.shape), i.type) for i in self.session.get_inputs()]
+        self.outputs = [TensorSpec(o.name, tuple(o.shape), o.type) for o in self.session.get_outputs()]
+        props = self.session.get_modelmeta().custom_metadata_map
+        try:
+            self.metadata = ArtifactMetadata.from_props(props)
+            self.precision = self.metadata.precision
+        except MetadataError:
+            self.metadata = None
+        self._input_name = self.inputs[0].name
+
+    def _infer(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self._input_name: x})[0]
+
+    def _close(self) -> None:
+        del self.session
