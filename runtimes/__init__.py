@@ -12,14 +12,34 @@ from typing import Any
 from .base import BackendUnavailableError, Runner, RuntimeInputError, TensorSpec
 
 
-def load(path: str | Path, device: str = "cpu", threads: int | None = None, **kwargs: Any) -> Runner:
-    """A runner for the artifact at `path`, the back-end chosen by the file type."""
-    suffix = Path(path).suffix.lower()
-    if suffix == ".onnx":
+SUFFIXES = {".onnx": "onnxruntime", ".xml": "openvino", ".engine": "tensorrt", ".plan": "tensorrt"}
+
+
+def load(path: str | Path, device: str = "cpu", threads: int | None = None, precision: str | None = None,
+         **kwargs: Any) -> Runner:
+    """A runner for the artifact at `path`, the back-end chosen by the file type.
+
+    `precision` asks a back-end that picks its own compute precision (OpenVINO) for one;
+    the runner's `precision` attribute always says what actually runs.
+    """
+    path = Path(path)
+    backend = SUFFIXES.get(path.suffix.lower())
+    if backend is None:
+        known = ", ".join(sorted(SUFFIXES))
+        raise RuntimeInputError(f"{path}: unsupported artifact type {path.suffix!r} (known: {known})")
+    if not path.is_file():
+        raise RuntimeInputError(f"{path}: no such file")
+    if backend == "onnxruntime":
         from .onnxruntime import OnnxRuntimeRunner
 
         return OnnxRuntimeRunner(path, device=device, threads=threads)
-    raise RuntimeInputError(f"{path}: unsupported artifact type {suffix!r}")
+    if backend == "openvino":
+        from .openvino import OpenVinoRunner
+
+        return OpenVinoRunner(path, device=device, threads=threads, precision=precision, **kwargs)
+    from .tensorrt import TensorRTRunner
+
+    return TensorRTRunner(path, device=device, **kwargs)
 
 
 __all__ = ["BackendUnavailableError", "Runner", "RuntimeInputError", "TensorSpec", "load"]
