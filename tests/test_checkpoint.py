@@ -22,7 +22,7 @@ from glnet.checkpoint import (
 )
 from glnet.testing import perturb_weights_
 
-LAYOUT_JSON = Path(__file__).resolve().parents[2] / "shared" / "reference" / "glnet_checkpoint_layout.json"
+LAYOUT_JSON = Path(__file__).resolve().parent / "data" / "glnet_checkpoint_layout.json"
 
 
 def _model(name: str, seed: int = 0, num_classes: int = 1000) -> GLNet:
@@ -245,7 +245,6 @@ def test_detect_variant_on_meta_state_dicts() -> None:
     assert detect_variant({"weight": torch.zeros(3)}) is None
 
 
-@pytest.mark.skipif(not LAYOUT_JSON.exists(), reason="reference layout not in this checkout")
 def test_detect_variant_on_reference_layouts() -> None:
     for name, layout in json.loads(LAYOUT_JSON.read_text()).items():
         state_dict = {k: torch.empty(shape, device="meta") for k, shape in layout.items()}
