@@ -79,9 +79,11 @@ def parse_input_size(text: str) -> tuple[int, int]:
         raise OptionError(f"input size {text!r} is not N or HxW (e.g. 224 or 288x352)") from None
     if len(sizes) == 1:
         sizes *= 2
-    if len(sizes) != 2 or min(sizes) < MIN_SIDE:
-        raise OptionError(f"input size {text!r} must be N or HxW with both sides >= {MIN_SIDE}")
-    return sizes[0], sizes[1]
+    if len(sizes) != 2:
+        raise OptionError(f"input size {text!r} is not N or HxW (e.g. 224 or 288x352)")
+    options = OnnxExportOptions(input_size=(sizes[0], sizes[1]))
+    options.validate()
+    return options.input_size
 
 
 def _dynamic_shapes(mode: str) -> tuple[dict[str, dict[int, torch.export.Dim]] | None, dict[str, list[str]]]:

@@ -1,0 +1,297 @@
+"""`glnet-export onnx`: right at every shape it claims, proven after every export.
+
+Each trap of FIELD_NOTES has a test here: the legacy exporter's refusal (1), the batch-1
+specialisation (2), the silent mis-export of the reference form at other sizes (3) and
+its fix (4).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from typer.testing import CliRunner
+
+import glnet
+import runtimes
+from export.onnx import OnnxExportOptions, export_onnx
+from export.onnx_verify import VerifyOptions, verify_onnx
+from glnet.testing import perturb_weights_
+from glnet_export.cli import app
+from glnet_export.metadata import ArtifactMetadata
+from glnet_export.verification import shapes_to_verify
+
+TINY = "glnet_tiny"
+
+
+@pytest.fixture(scope="module")
+def tiny() -> glnet.GLNet:
+    return perturb_weights_(glnet.create_model(TINY), seed=3)
+
+
+def _torch(model: glnet.GLNet, x: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return model(torch.from_numpy(x)).numpy()
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / np.abs(a).max())
+
+
+@pytest.mark.parametrize("dynamic", ["none", "batch", "shape"])
+def test_tiny_export_runs_right_at_other_shapes(dynamic: str, tiny: glnet.GLNet, tmp_path: Path) -> None:
+    path = tmp_path / "tiny.onnx"
+    result = export_onnx(tiny, path, OnnxExportOptions(dynamic=dynamic, input_size=(160, 160)))
+    assert path.is_file() and result.size_bytes == path.stat().st_size
+    assert list(tmp_path.iterdir()) == [path], "one self-contained file, no side files"
+    report = verify_onnx(path, tiny)
+    assert report.passed, report.results
+    assert [r.shape for r in report.results] == shapes_to_verify(result.metadata, 1)
+    assert all(r.photos > 0 for r in report.results), "real photographs are part of every check"
+
+    rng = np.random.default_rng(0)
+    with runtimes.load(path) as runner:
+        graph_shape = runner.inputs[0].shape
+        if dynamic == "none":
+            assert graph_shape == (1, 3, 160, 160)
+            with pytest.raises(runtimes.RuntimeInputError, match="fixed size"):
+                runner.infer(rng.standard_normal((2, 3, 160, 160), dtype=np.float32))
+            return
+        assert not isinstance(graph_shape[0], int), "batch must stay dynamic"
+        shapes = [(3, 3, 160, 160)] + ([(1, 3, 224, 224), (2, 3, 97, 131), (1, 3, 64, 96)]
+                                         if dynamic == "shape" else [])
+        for shape in shapes:
+            x = rng.standard_normal(shape, dtype=np.float32)
+            assert _rel(_torch(tiny, x), runner.infer(x)) < 1e-5, shape
+
+
+def test_metadata_is_stored_and_parsed_back(tiny: glnet.GLNet, tmp_path: Path) -> None:
+    path = tmp_path / "meta.onnx"
+    export_onnx(tiny, path, OnnxExportOptions(dynamic="batch"), checkpoint_sha256="ab" * 32)
+    props = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+    meta = ArtifactMetadata.from_props(props)
+    assert meta.model == TINY and meta.num_classes == 1000
+    assert meta.config["dims"] == list(tiny.cfg.dims)
+    assert meta.input_size == (224, 224) and meta.mean == (0.485, 0.456, 0.406) and meta.color_order == "RGB"
+    assert meta.checkpoint_sha256 == "ab" * 32 and not meta.random_weights
+    assert meta.torch_version == torch.__version__ and meta.onnx_version == onnx.__version__
+    assert meta.glnet_export_version and meta.labels == "imagenet-1k" and meta.opset == 20
+    with runtimes.load(path) as runner:
+        assert runner.metadata == meta
+
+
+def test_example_batch_never_freezes_a_dynamic_batch(tiny: glnet.GLNet, tmp_path: Path) -> None:
+    # Trap 2: the dynamo exporter specialises an axis whose example size is 1. With a
+    # named Dim, torch 2.13 either bakes the batch to 1 or (here) refuses with an internal
+    # "Invalid ranges [2:1]" error; neither gives a dynamic batch.
+    raw = tmp_path / "raw.onnx"
+    deploy = copy.deepcopy(tiny).to_deploy()
+    batch = torch.export.Dim("batch", min=1, max=64)
+    try:
+        torch.onnx.export(deploy, (torch.randn(1, 3, 64, 64),), raw, dynamo=True, external_data=False,
+                          dynamic_shapes={"x": {0: batch}})
+    except Exception:  # noqa: BLE001 - the refusal is one face of the trap
+        pass
+    else:
+        dim0 = onnx.load(raw).graph.input[0].type.tensor_type.shape.dim[0]
+        assert dim0.dim_value == 1, "the trap: a batch-1 example gives a fixed batch of 1"
+    # Ours asks for batch 1 and still gets a dynamic batch.
+    ours = tmp_path / "ours.onnx"
+    export_onnx(tiny, ours, OnnxExportOptions(dynamic="batch", batch=1, input_size=(64, 64)))
+    dim0 = onnx.load(ours).graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim0.dim_param and not dim0.dim_value
+
+
+def test_legacy_exporter_refuses_glmix(tiny: glnet.GLNet, tmp_path: Path) -> None:
+    # Trap 1: why the dynamo exporter is the only one used.
+    with pytest.raises(Exception, match="adaptive_avg_pool2d"):
+        torch.onnx.export(tiny, (torch.randn(1, 3, 224, 224),), tmp_path / "legacy.onnx", dynamo=False)
+
+
+def test_verification_catches_the_reference_forms_silent_misexport(
+    tiny: glnet.GLNet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Trap 3: the reference form exports with dynamic H and W without any error, but its
+    # adaptive pooling is baked to the traced size. Exporting it (by disabling the deploy
+    # switch) must be caught by the verification at other shapes.
+    monkeypatch.setattr(glnet.GLNet, "to_deploy", lambda self, enabled=True: self)
+    path = tmp_path / "reference_form.onnx"
+    export_onnx(tiny, path, OnnxExportOptions(dynamic="shape", input_size=(224, 224)))
+    report = verify_onnx(path, tiny)
+    assert not report.passed
+    by_shape = {r.shape: r for r in report.results}
+    assert by_shape[(1, 3, 224, 224)].passed, "right at the traced size: what makes the trap silent"
+    assert not by_shape[(1, 3, 288, 288)].passed
+
+
+def test_verification_fails_loudly_on_a_corrupted_weight(tiny: glnet.GLNet, tmp_path: Path) -> None:
+    path = tmp_path / "good.onnx"
+    export_onnx(tiny, path, OnnxExportOptions(dynamic="batch"))
+    proto = onnx.load(path)
+    # Change one weight: the largest initializer, one element.
+    init = max(proto.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    array = numpy_helper.to_array(init).copy()
+    array.flat[0] += 5.0
+    init.CopyFrom(numpy_helper.from_array(array, init.name))
+    bad = tmp_path / "bad.onnx"
+    onnx.save(proto, bad)
+    report = verify_onnx(bad, tiny)
+    assert not report.passed
+    assert any("max rel error" in f for r in report.results for f in r.failures)
+
+
+def test_interrupted_export_leaves_nothing_behind(tiny: glnet.GLNet, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "model.onnx"
+    export_onnx(tiny, path, OnnxExportOptions(dynamic="none", input_size=(64, 64), simplify=False))
+    good = path.read_bytes()
+
+    def interrupted_save(proto: onnx.ModelProto, target: Path, **_: object) -> None:
+        Path(target).write_bytes(proto.SerializeToString()[:1000])  # half-written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(onnx, "save_model", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        export_onnx(tiny, path, OnnxExportOptions(dynamic="batch", input_size=(64, 64), simplify=False))
+    assert sorted(tmp_path.iterdir()) == [path], "no temporary file left"
+    assert path.read_bytes() == good, "the earlier good file is untouched"
+
+
+def test_failed_simplification_keeps_the_graph_and_says_why(tiny: glnet.GLNet, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxsim
+
+    def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("simulated onnxsim crash")
+
+    monkeypatch.setattr(onnxsim, "simplify", broken)
+    result = export_onnx(tiny, tmp_path / "m.onnx", OnnxExportOptions(input_size=(64, 64)))
+    assert not result.simplified and result.nodes_final == result.nodes_exported
+    assert any("simulated onnxsim crash" in n for n in result.notes)
+    assert verify_onnx(result.path, tiny).passed
+
+
+# --- the command line ---------------------------------------------------------------
+
+
+def _cli(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_cli_exports_verifies_and_writes_a_json_report(tmp_path: Path) -> None:
+    out, report = tmp_path / "t.onnx", tmp_path / "report.json"
+    code, stdout, stderr = _cli("onnx", "--model", TINY, "-o", str(out), "--input-size", "96x128",
+                                "--json", str(report))
+    assert code == 0, stderr
+    assert "RANDOM" in stderr, "random weights are announced loudly"
+    assert "PASSED" in stdout and "nodes" in stdout
+    import json
+
+    data = json.loads(report.read_text())
+    assert data["verification"]["passed"] is True
+    assert data["export"]["metadata"]["input_size"] == [96, 128]
+    assert len(data["verification"]["results"]) == 2  # the export shape and another batch
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--model", "glnet_5g"], "unknown model 'glnet_5g'"),
+        (["--model", TINY, "--input-size", "16"], "at least 32"),
+        (["--model", TINY, "--input-size", "abc"], "is not N or HxW"),
+        (["--model", TINY, "--dynamic", "all"], "--dynamic must be one of"),
+        (["--model", TINY, "-o", "/nonexistent-dir/x.onnx"], "does not exist"),
+    ],
+)
+def test_cli_bad_input_gives_one_line_and_no_traceback(args: list[str], expected: str) -> None:
+    code, stdout, stderr = _cli("onnx", *args)
+    assert code != 0
+    lines = [ln for ln in stderr.splitlines() if ln.startswith("Error:")]
+    assert len(lines) == 1 and expected in lines[0], stderr
+    assert "Traceback" not in stderr + stdout
+
+
+def test_cli_bad_checkpoint(tmp_path: Path) -> None:
+    bad = tmp_path / "weights.pth"
+    bad.write_bytes(b"\x00garbage" * 100)
+    out = tmp_path / "never.onnx"
+    code, _, stderr = _cli("onnx", "--model", TINY, "--checkpoint", str(bad), "-o", str(out))
+    assert code == 1 and "not a PyTorch checkpoint" in stderr and "Traceback" not in stderr
+    assert not out.exists()
+
+
+def test_cli_unwritable_output(tmp_path: Path) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        code, _, stderr = _cli("onnx", "--model", TINY, "-o", str(folder / "x.onnx"))
+        import os
+
+        if os.geteuid() == 0:
+            # root writes anywhere; the is-a-folder case still must fail cleanly
+            code, _, stderr = _cli("onnx", "--model", TINY, "-o", str(folder))
+            assert code == 1 and "is a folder" in stderr
+        else:
+            assert code == 1 and "not writable" in stderr
+    finally:
+        folder.chmod(0o700)
+
+
+def test_cli_with_checkpoint_records_its_sha256(tiny: glnet.GLNet, tmp_path: Path) -> None:
+    ckpt = tmp_path / "tiny.pth"
+    torch.save({"model": tiny.state_dict()}, ckpt)
+    out = tmp_path / "t.onnx"
+    code, stdout, stderr = _cli("onnx", "--model", TINY, "--checkpoint", str(ckpt), "-o", str(out),
+                                "--input-size", "64")
+    assert code == 0, stderr
+    assert "RANDOM" not in stderr
+    import hashlib
+
+    props = {p.key: p.value for p in onnx.load(out).metadata_props}
+    assert props["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    with runtimes.load(out) as runner:
+        x = np.random.default_rng(1).standard_normal((2, 3, 64, 64), dtype=np.float32)
+        assert _rel(_torch(tiny, x), runner.infer(x)) < 1e-5
+
+
+# --- full size ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def glnet_4g() -> glnet.GLNet:
+    return perturb_weights_(glnet.create_model("glnet_4g"), seed=4)
+
+
+@pytest.mark.slow
+def test_one_line_dynamic_export_of_glnet_4g_deploy_form(glnet_4g: glnet.GLNet, tmp_path: Path) -> None:
+    # The model issue's acceptance test: a plain torch.onnx.export of the deploy form.
+    deploy = copy.deepcopy(glnet_4g).to_deploy()
+    path = tmp_path / "g4.onnx"
+    dims = {0: torch.export.Dim("b", min=1, max=64), 2: torch.export.Dim("h", min=32, max=2048),
+            3: torch.export.Dim("w", min=32, max=2048)}
+    torch.onnx.export(deploy, (torch.randn(2, 3, 224, 224),), path, dynamo=True, external_data=False,
+                      dynamic_shapes={"x": dims})
+    with runtimes.load(path) as runner:
+        rng = np.random.default_rng(0)
+        for shape in [(1, 3, 224, 224), (1, 3, 256, 256), (2, 3, 288, 352)]:
+            x = rng.standard_normal(shape, dtype=np.float32)
+            assert _rel(_torch(glnet_4g, x), runner.infer(x)) < 1e-5, shape
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dynamic", ["none", "batch", "shape"])
+def test_glnet_4g_export_each_dynamic_mode(dynamic: str, glnet_4g: glnet.GLNet, tmp_path: Path) -> None:
+    path = tmp_path / f"g4_{dynamic}.onnx"
+    result = export_onnx(glnet_4g, path, OnnxExportOptions(dynamic=dynamic))
+    assert result.simplified
+    report = verify_onnx(path, glnet_4g, VerifyOptions(threads=2))
+    assert report.passed, report.results
+    expected = {"none": 1, "batch": 2, "shape": 4}[dynamic]
+    assert len(report.results) == expected
