@@ -4,7 +4,7 @@ The traps this module exists for (FIELD_NOTES): the legacy exporter refuses GLMi
 the dynamo exporter is used on the deploy form; a batch-1 example freezes a "dynamic"
 batch, so the example batch is always >= 2 when the batch is dynamic; the reference
 form's adaptive pooling is baked to the traced size, so the deploy form computes it from
-the input's size. Verification at other shapes (`export.onnx_verify`) proves the result.
+the input's size. Verification at other shapes (`export.verify`) proves the result.
 """
 
 from __future__ import annotations

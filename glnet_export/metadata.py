@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import GlnetExportError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENET_LABELS = "imagenet-1k"  # the labels shipped in glnet_export/data
@@ -19,7 +21,7 @@ IMAGENET_LABELS = "imagenet-1k"  # the labels shipped in glnet_export/data
 MARKER_KEY = "glnet_export_version"
 
 
-class MetadataError(ValueError):
+class MetadataError(GlnetExportError, ValueError):
     """The artifact's metadata is missing or unreadable."""
 
 

@@ -7,13 +7,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .errors import GlnetExportError
 from .metadata import ArtifactMetadata
 
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
              "nearest": Image.Resampling.NEAREST}
 
 
-class ImageError(ValueError):
+class ImageError(GlnetExportError, ValueError):
     """An image that cannot be read or used."""
 
 

@@ -185,7 +185,8 @@ def verify(
             report.results.append(_failed(shape, len(ref), n_photos, f"failed to run: {message}"))
             continue
         if out.shape != ref.shape:
-            report.results.append(_failed(shape, len(ref), n_photos, f"output shape {out.shape} != reference {ref.shape}"))
+            reason = f"output shape {out.shape} != reference {ref.shape}"
+            report.results.append(_failed(shape, len(ref), n_photos, reason))
             continue
         metrics = compare_outputs(ref, out)
         failures = check(metrics, tolerance)

@@ -11,7 +11,6 @@ from typing import Any
 
 from .base import BackendUnavailableError, Runner, RuntimeInputError, TensorSpec
 
-
 SUFFIXES = {".onnx": "onnxruntime", ".xml": "openvino", ".engine": "tensorrt", ".plan": "tensorrt"}
 
 

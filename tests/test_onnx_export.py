@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 import glnet
 import runtimes
 from export.onnx import OnnxExportOptions, export_onnx
-from export.onnx_verify import VerifyOptions, verify_onnx
+from export.verify import VerifyOptions, verify_onnx
 from glnet.testing import perturb_weights_
 from glnet_export.cli import app
 from glnet_export.metadata import ArtifactMetadata

@@ -13,7 +13,7 @@ from .common import handle_errors, out, write_json
 
 @handle_errors
 def models(
-    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the table as JSON ('-' for stdout).")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the table as JSON ('-': stdout).")] = None,
     tiny: Annotated[bool, typer.Option(help="Include the tiny test variants.")] = True,
 ) -> None:
     """List the GLNet variants with parameters and MACs at 224 x 224."""

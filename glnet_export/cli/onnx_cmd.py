@@ -35,7 +35,7 @@ def onnx(
     """Export a GLNet to one self-contained ONNX file and verify it against PyTorch."""
     import glnet
     from export.onnx import OnnxExportOptions, export_onnx, parse_input_size
-    from export.onnx_verify import VerifyOptions, verify_onnx
+    from export.verify import VerifyOptions, verify_onnx
 
     options = OnnxExportOptions(opset=opset, input_size=parse_input_size(input_size), batch=batch,
                                 dynamic=dynamic, simplify=simplify)

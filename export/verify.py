@@ -1,0 +1,95 @@
+"""Prove an artifact computes what PyTorch computes (or what another artifact computes).
+
+The candidate runs in its own back-end (`runtimes.load`); the reference is either a
+PyTorch GLNet (its reference form, never the deploy form being checked) or a second
+artifact. Used after every export and by `glnet-export verify`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import runtimes
+from glnet.model import GLNet
+from glnet_export.errors import GlnetExportError
+from glnet_export.photos import sample_photo_paths
+from glnet_export.verification import VerificationReport, shapes_to_verify, tolerance_for, verify
+from runtimes.base import Runner
+from runtimes.torch import TorchRunner
+
+
+class VerifyError(GlnetExportError):
+    """The comparison cannot be set up (no metadata, incompatible artifacts)."""
+
+
+@dataclass
+class VerifyOptions:
+    batch: int = 1
+    max_rel: float | None = None  # None: the default of the precision that ran
+    min_cosine: float | None = None
+    min_top1: float | None = None
+    threads: int | None = None
+    precision: str | None = None  # asked of back-ends that choose their own (OpenVINO)
+    device: str = "cpu"
+    shapes: list[tuple[int, int, int, int]] | None = None  # None: chosen from the metadata
+
+
+def verify_artifact(
+    path: str | Path,
+    reference: GLNet | str | Path,
+    options: VerifyOptions | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> VerificationReport:
+    """Compare the artifact at `path` with `reference` on photographs and random inputs.
+
+    Shapes: the export shape, plus another batch size when the batch is dynamic, plus a
+    larger and an odd resolution when height and width are dynamic. Tolerances are those
+    of the precision that actually ran, unless overridden.
+    """
+    options = options or VerifyOptions()
+    with runtimes.load(path, device=options.device, threads=options.threads,
+                       precision=options.precision) as candidate:
+        meta = candidate.metadata
+        if meta is None:
+            raise VerifyError(f"{path}: no glnet-export metadata, so its input size and preprocessing are unknown")
+        batch = options.batch
+        fixed_batch = candidate.inputs[0].shape[0]
+        if isinstance(fixed_batch, int):
+            batch = fixed_batch
+        shapes = options.shapes or shapes_to_verify(meta, batch)
+        tolerance = tolerance_for(candidate.precision, max_rel=options.max_rel, min_cosine=options.min_cosine,
+                                  min_top1=options.min_top1)
+        ref_runner: Runner
+        if isinstance(reference, GLNet):
+            ref_runner = TorchRunner(reference, threads=options.threads)
+        else:
+            ref_runner = runtimes.load(reference, threads=options.threads, precision="fp32")
+        with ref_runner:
+            _check_compatible(ref_runner, candidate)
+
+            def on_shape(shape: tuple[int, int, int, int]) -> None:
+                if progress:
+                    progress(f"verifying {Path(path).name} at {'x'.join(map(str, shape))}")
+
+            report = verify(ref_runner.infer, candidate.infer, meta, shapes, tolerance, sample_photo_paths(),
+                            names=(ref_runner.name, candidate.name), on_shape=on_shape)
+    report.precision = candidate.precision
+    return report
+
+
+def _check_compatible(reference: Runner, candidate: Runner) -> None:
+    ref, cand = reference.metadata, candidate.metadata
+    if ref is None or cand is None:
+        return
+    if ref.model != cand.model or ref.num_classes != cand.num_classes:
+        raise VerifyError(f"cannot compare {cand.model} ({cand.num_classes} classes) with "
+                          f"{ref.model} ({ref.num_classes} classes)")
+    if ref.checkpoint_sha256 and cand.checkpoint_sha256 and ref.checkpoint_sha256 != cand.checkpoint_sha256:
+        raise VerifyError("the two artifacts were exported from different checkpoints "
+                          f"({ref.checkpoint_sha256[:12]}... vs {cand.checkpoint_sha256[:12]}...)")
+
+
+# The name used by the ONNX exporter's own check.
+verify_onnx = verify_artifact
