@@ -15,7 +15,7 @@ import io
 import logging
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +49,8 @@ class OnnxExportOptions:
         h, w = self.input_size
         if h < MIN_SIDE or w < MIN_SIDE:
             raise OptionError(f"input size {h}x{w} is too small: GLNet down-samples 32x, use at least 32x32")
+        if self.dynamic == "shape" and min(h, w) <= MIN_SIDE:
+            raise OptionError(f"with --dynamic shape the export size must be above {MIN_SIDE}x{MIN_SIDE}, not {h}x{w}")
         if self.batch < 1:
             raise OptionError(f"batch must be >= 1, not {self.batch}")
         if not 17 <= self.opset <= 23:
@@ -92,14 +94,17 @@ def _dynamic_shapes(mode: str) -> tuple[dict[str, dict[int, torch.export.Dim]] |
     dims: dict[int, torch.export.Dim] = {0: torch.export.Dim("batch", min=1, max=4096)}
     names = {"input": ["batch"], "logits": ["batch"]}
     if mode == "shape":
-        dims[2] = torch.export.Dim("height", min=MIN_SIDE, max=8192)
-        dims[3] = torch.export.Dim("width", min=MIN_SIDE, max=8192)
+        # min 33, not 32: at 32 the last map is 1 x 1, which torch.export specialises; a
+        # 32 lower bound makes it fail a guard and silently capture the model a second
+        # time with the refined range (about 9 s of glnet_4g's export).
+        dims[2] = torch.export.Dim("height", min=MIN_SIDE + 1, max=8192)
+        dims[3] = torch.export.Dim("width", min=MIN_SIDE + 1, max=8192)
         names["input"] += ["height", "width"]
     return {"x": dims}, names
 
 
 @contextlib.contextmanager
-def _quiet_exporter() -> object:
+def _quiet_exporter() -> Iterator[None]:
     """torch.onnx prints progress and warnings of its own; we report our own progress."""
     loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
     levels = [lg.level for lg in loggers]

@@ -81,6 +81,7 @@ class GLMixBlock(nn.Module):
         # Same math, arranged for the NCHW layout so that no HW-sized tensor is transposed
         # except once for the clustering matmul, and with tau applied to the 64 slots
         # rather than to the HW pixels: (a . tau b) = (tau a) . b.
+        s0: Tensor
         if self.init_slots is not None:
             s0 = self.init_slots  # 1 x 64 x C, broadcast by matmul
         else:

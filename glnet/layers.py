@@ -79,7 +79,7 @@ def depthwise(dim: int, kernel: int) -> nn.Conv2d:
 # ---------------------------------------------------------------------------
 
 
-def pool_matrix(size: int | Tensor | torch.SymInt, like: Tensor) -> Tensor:
+def pool_matrix(size: int, like: Tensor) -> Tensor:
     """The (8, size) averaging matrix of PyTorch's adaptive pooling along one axis.
 
     Bin k of n covers [floor(k n / 8), ceil((k + 1) n / 8)). Built from `size` with tensor
@@ -96,7 +96,10 @@ def pool_matrix(size: int | Tensor | torch.SymInt, like: Tensor) -> Tensor:
 
 
 def pool_8x8(x: Tensor) -> Tensor:
-    """Exact 8 x 8 adaptive average pooling as P_h @ x @ P_w^T, any H x W."""
+    """Exact 8 x 8 adaptive average pooling as P_h @ x @ P_w^T, any H x W.
+
+    Under torch.export the sizes are symbolic ints, so the matrices become graph ops.
+    """
     p_h = pool_matrix(x.shape[2], x)
     p_w = pool_matrix(x.shape[3], x)
     return torch.matmul(p_h, torch.matmul(x, p_w.transpose(0, 1)))

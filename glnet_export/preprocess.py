@@ -52,8 +52,8 @@ def preprocess(
     img = img.resize((new_w, new_h), _RESAMPLE.get(meta.interpolation, Image.Resampling.BICUBIC))
     left, top = (new_w - out_w) // 2, (new_h - out_h) // 2
     img = img.crop((left, top, left + out_w, top + out_h))
-    arr = np.asarray(img, dtype=np.float32) / 255.0
+    arr: np.ndarray = np.asarray(img, dtype=np.float32) / np.float32(255.0)
     if meta.color_order.upper() == "BGR":
         arr = arr[..., ::-1]
     arr = (arr - np.asarray(meta.mean, np.float32)) / np.asarray(meta.std, np.float32)
-    return np.ascontiguousarray(arr.transpose(2, 0, 1)[None])
+    return np.ascontiguousarray(arr.transpose(2, 0, 1)[None], dtype=np.float32)

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from glnet_export.errors import GlnetExportError, one_line
 
@@ -30,7 +31,8 @@ def debug_enabled() -> bool:
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[bold red]Error:[/] {message}", soft_wrap=True)
+    # Messages are plain text: "[tensorrt]" in an install hint must not vanish as markup.
+    err.print(f"[bold red]Error:[/] {escape(message)}", soft_wrap=True)
     return typer.Exit(code)
 
 

@@ -1,0 +1,1 @@
+"""Latency profiling: statistics, timing loops and benchmark scripts on top of `runtimes`."""

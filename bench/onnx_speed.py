@@ -1,0 +1,74 @@
+"""Issue targets for the ONNX export, measured as ratios in one run (shared machines are noisy).
+
+    python -m bench.onnx_speed [--model glnet_4g] [--rounds 20] [--threads 2] [--export-time]
+
+1. onnxruntime latency of the exported file / PyTorch eager latency of the same model
+   (reference form, inference mode), batch 1 at 224, the two timed in alternation;
+   target <= 0.45.
+2. with --export-time: wall time of `export_onnx(..., dynamic="shape")`; target < 45 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import glnet
+import runtimes
+from bench.timing import interleaved, make_inputs
+from export.onnx import OnnxExportOptions, export_onnx
+from glnet.testing import perturb_weights_
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="glnet_4g")
+    parser.add_argument("--rounds", type=int, default=20, help="alternating rounds (eager, onnxruntime)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--onnx", type=Path, help="an existing export to time instead of exporting")
+    parser.add_argument("--export-time", action="store_true", help="also time a --dynamic shape export")
+    parser.add_argument("--json", type=Path, help="write the results as JSON")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    model = perturb_weights_(glnet.create_model(args.model))
+    results: dict[str, object] = {"model": args.model, "threads": args.threads, "torch": torch.__version__}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.onnx
+        if path is None:
+            path = Path(tmp) / f"{args.model}.onnx"
+            export_onnx(model, path, OnnxExportOptions(dynamic="batch"))
+        if args.export_time:
+            start = time.perf_counter()
+            export_onnx(model, Path(tmp) / "shape.onnx", OnnxExportOptions(dynamic="shape"))
+            results["export_dynamic_shape_s"] = round(time.perf_counter() - start, 1)
+            print(f"export --dynamic shape: {results['export_dynamic_shape_s']} s (target < 45 s)")
+
+        inputs = make_inputs((1, 3, 224, 224))
+        with runtimes.load(path, threads=args.threads) as ort_runner:
+
+            def eager(x: np.ndarray) -> object:
+                with torch.inference_mode():
+                    return model(torch.from_numpy(x))
+
+            stats = interleaved({"eager": eager, "onnxruntime": ort_runner.infer}, inputs, args.rounds)
+    ratio = stats["onnxruntime"].p50 / stats["eager"].p50
+    for name, s in stats.items():
+        print(f"{name:12s} p50 {s.p50:7.1f} ms  min {s.min:7.1f} ms  p90 {s.p90:7.1f} ms  ({s.runs} runs)")
+    print(f"onnxruntime / eager (p50): {ratio:.3f}  (target <= 0.45)")
+    results.update({name: vars(s) for name, s in stats.items()})
+    results["ratio_p50"] = round(ratio, 3)
+    results["ratio_min"] = round(stats["onnxruntime"].min / stats["eager"].min, 3)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

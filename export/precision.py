@@ -1,0 +1,308 @@
+"""ONNX -> precision-ready ONNX: fp16 mixed precision, or int8 with Q/DQ nodes.
+
+TensorRT 10.12 deprecates weak typing and TensorRT 11 drops the FP16/INT8 builder flags
+and the INT8 calibrators, so the precision has to be in the graph itself (FIELD_NOTES
+note 11); both files here are ordinary ONNX that onnxruntime runs on a CPU, so the
+precision work can be verified without a GPU.
+
+What stays fp32 (and unquantized) is found in the graph, not by name: in every GLMix
+block the logits MatMul is the one whose output feeds two Softmax nodes (clustering and
+dispatching). It, both softmaxes and the L2 normalisations of its two inputs stay fp32:
+the initial slots are pooled from the un-normalised residual stream, whose sum of squares
+can pass fp16's 65504, and TensorRT's ONNX parser computes ReduceL2 as a sum of squares
+in the tensor's own type. For int8 the clustering and dispatching MatMuls, which take
+the slot softmaxes, stay unquantized too, as a precaution: per-tensor int8 leaves few
+levels for assignment probabilities of about 1/HW (random weights show no difference).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from glnet_export.errors import ExportError, OptionError, one_line
+from glnet_export.metadata import ArtifactMetadata, MetadataError
+
+from .atomic import atomic_outputs, check_writable
+
+PRECISIONS = ("fp32", "fp16", "int8")
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+# The ops of F.normalize as exported (ReduceL2 -> Clip -> Expand -> Div), of its spelled-out
+# forms, and of the slot-scale multiply between the normalisation and the logits MatMul.
+_NORMALIZE_OPS = {"ReduceL2", "ReduceSumSquare", "ReduceSum", "Pow", "Sqrt", "Clip", "Max", "Expand", "Div", "Mul",
+                  "Reciprocal"}
+
+
+@dataclass
+class PrecisionOptions:
+    precision: str = "fp16"
+    calibration: Path | Sequence[Path] | None = None  # int8: a folder of images, or image paths
+    calib_samples: int = 64  # at most this many calibration images
+    calib_method: str = "minmax"
+    keep_fp32: Sequence[str] = ()  # more node names to keep fp32 / unquantized
+
+    def validate(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise OptionError(f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if self.calib_method not in CALIB_METHODS:
+            raise OptionError(f"calibration method must be one of {', '.join(CALIB_METHODS)}")
+        if self.precision == "int8" and self.calibration is None:
+            raise OptionError("int8 needs calibration images: --calib DIR (a few dozen images like the deployment's)")
+        if self.calib_samples < 1:
+            raise OptionError(f"calibration samples must be >= 1, not {self.calib_samples}")
+
+
+@dataclass
+class PrecisionResult:
+    path: Path
+    source: Path
+    precision: str
+    kept_fp32: list[str]  # nodes left in fp32 (fp16) or unquantized (int8)
+    casts: int  # Cast nodes in the result
+    quantized: int  # QuantizeLinear nodes in the result
+    calibration_images: int
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
+def precision_path(source: Path, precision: str) -> Path:
+    """model.onnx -> model.fp16.onnx."""
+    return source.with_name(f"{source.stem}.{precision}.onnx")
+
+
+def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    return users
+
+
+def sensitive_nodes(model: onnx.ModelProto, include_slot_matmuls: bool = False) -> list[str]:
+    """Names of the GLMix nodes that must stay fp32: logits MatMul, slot softmaxes, L2 norms.
+
+    With `include_slot_matmuls`, also the MatMuls that take the slot softmaxes (for int8).
+    """
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    users = _consumers(graph)
+    keep: list[str] = []
+    for node in graph.node:
+        if node.op_type != "MatMul":
+            continue
+        softmaxes = [u for u in users.get(node.output[0], []) if u.op_type == "Softmax"]
+        if len(softmaxes) < 2:
+            continue
+        keep += [node.name] + [s.name for s in softmaxes]
+        if include_slot_matmuls:
+            keep += [u.name for s in softmaxes for u in users.get(s.output[0], []) if u.op_type == "MatMul"]
+        stack = list(node.input)
+        while stack:  # walk up both inputs through the normalisation ops
+            up = producer.get(stack.pop())
+            if up is not None and up.op_type in _NORMALIZE_OPS and up.name not in keep:
+                keep.append(up.name)
+                stack.extend(up.input)
+    return list(dict.fromkeys(keep))
+
+
+def _drop_cast_round_trips(model: onnx.ModelProto) -> int:
+    """Remove fp32 -> fp16 -> fp32 Cast pairs between nodes that both stay fp32.
+
+    onnxruntime's converter casts every output of a blocked node to fp16 and back, even
+    between two blocked nodes; that would round the sum of squares and the logits through
+    fp16, the very thing blocking them is for.
+    """
+    graph = model.graph
+    users = _consumers(graph)
+    outputs = {o.name for o in graph.output}
+    drop: set[str] = set()
+    gone: set[str] = set()  # the tensors of the dropped casts
+    rename: dict[str, str] = {}
+    for node in graph.node:
+        if node.op_type != "Cast" or node.attribute[0].i != onnx.TensorProto.FLOAT16 or node.output[0] in outputs:
+            continue
+        after = users.get(node.output[0], [])
+        if after and all(a.op_type == "Cast" and a.attribute[0].i == onnx.TensorProto.FLOAT for a in after):
+            drop.add(node.name)
+            gone.add(node.output[0])
+            for a in after:
+                drop.add(a.name)
+                gone.add(a.output[0])
+                rename[a.output[0]] = node.input[0]
+    kept = [n for n in graph.node if n.name not in drop]
+    for node in kept:
+        for i, name in enumerate(node.input):
+            node.input[i] = rename.get(name, name)
+    for out in graph.output:
+        if out.name in rename:  # pragma: no cover - graph outputs are never round-tripped
+            raise ExportError(f"cannot drop the cast round trip on graph output {out.name}")
+    del graph.node[:]
+    graph.node.extend(kept)
+    stale = [v for v in graph.value_info if v.name in gone]
+    for v in stale:
+        graph.value_info.remove(v)
+    return len(drop)
+
+
+def _sort_topologically(graph: onnx.GraphProto) -> None:
+    """Reorder the nodes so that each comes after the producers of its inputs (ONNX requires it)."""
+    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        waiting = []
+        for node in pending:
+            if all(name in ready for name in node.input):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                waiting.append(node)
+        if len(waiting) == len(pending):
+            raise ExportError(f"the graph has a cycle or a missing input at node {waiting[0].name}")
+        pending = waiting
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def to_fp16(model: onnx.ModelProto, keep: Iterable[str]) -> onnx.ModelProto:
+    """The model with every float op in fp16 except the nodes in `keep`; fp32 input/output."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    keep = sorted(set(keep))
+    try:
+        converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=keep, op_block_list=[])
+    except Exception as exc:
+        raise ExportError(f"fp16 conversion failed: {one_line(exc)}") from exc
+    _drop_cast_round_trips(converted)
+    _sort_topologically(converted.graph)
+    # value_info of initializers is redundant, and the converter may leave it stale (fp16 for an fp32 one)
+    graph = converted.graph
+    inits = {t.name for t in graph.initializer}
+    stale = [v for v in graph.value_info if v.name in inits]
+    for v in stale:
+        graph.value_info.remove(v)
+    try:
+        onnx.shape_inference.infer_shapes(converted, strict_mode=True)
+    except Exception as exc:
+        raise ExportError(f"the fp16 graph's types are inconsistent: {one_line(exc)}") from exc
+    return converted
+
+
+class _Batches:
+    """onnxruntime CalibrationDataReader over preprocessed 1 x 3 x H x W samples, `batch` at a time."""
+
+    def __init__(self, samples: Sequence[np.ndarray], input_name: str, batch: int) -> None:
+        self._batches: Iterator[dict[str, np.ndarray]] = (
+            {input_name: np.concatenate(samples[i : i + batch])} for i in range(0, len(samples) - batch + 1, batch)
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+def calibration_samples(source: Path | Sequence[Path], meta: ArtifactMetadata, limit: int) -> list[np.ndarray]:
+    """Preprocessed images from a folder (`glnet_export.calibration`) or from a list of paths."""
+    from glnet_export.calibration import load_calibration
+    from glnet_export.preprocess import preprocess
+
+    if isinstance(source, Path | str):
+        return load_calibration(source, meta, count=limit).samples
+    if not source:
+        raise OptionError("no calibration images given")
+    return [preprocess(p, meta) for p in list(source)[:limit]]
+
+
+def to_int8_qdq(source: Path, output: Path, samples: Sequence[np.ndarray], exclude: Iterable[str],
+                method: str = "minmax") -> None:
+    """Q/DQ int8 for TensorRT: symmetric, per-channel weights, float biases, Conv/MatMul/Gemm."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    model = onnx.load(source)
+    batch = model.graph.input[0].type.tensor_type.shape.dim[0].dim_value or 1
+    if len(samples) < batch:
+        raise OptionError(f"the input has a fixed batch of {batch}: give at least {batch} calibration images")
+    reader = _Batches(samples, model.graph.input[0].name, batch)
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    root = logging.getLogger()  # quantize_static warns on the root logger ("consider pre-processing")
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_static(
+            model, output, reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+            per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            nodes_to_exclude=sorted(set(exclude)), calibrate_method=methods[method],
+            # TensorRT takes symmetric int8 only, and float biases (no int32 DequantizeLinear).
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+        )
+    except (OptionError, ExportError):
+        raise
+    except Exception as exc:
+        raise ExportError(f"int8 quantization failed: {one_line(exc)}") from exc
+    finally:
+        root.setLevel(level)
+
+
+def _set_metadata(model: onnx.ModelProto, precision: str, notes: list[str]) -> None:
+    props = {p.key: p.value for p in model.metadata_props}
+    try:
+        meta = ArtifactMetadata.from_props(props)
+    except MetadataError:
+        notes.append("the source carries no glnet-export metadata: none written")
+        return
+    meta.precision = precision
+    del model.metadata_props[:]
+    for key, value in meta.to_props().items():
+        model.metadata_props.add(key=key, value=value)
+
+
+def write_precision_onnx(source: str | Path, output: str | Path | None = None,
+                         options: PrecisionOptions | None = None) -> PrecisionResult:
+    """Write the fp16 or int8 form of the ONNX file `source` (metadata `precision` updated)."""
+    options = options or PrecisionOptions()
+    options.validate()
+    if options.precision == "fp32":
+        raise OptionError("fp32 needs no precision ONNX: build from the source file")
+    source = Path(source)
+    output = Path(output) if output else precision_path(source, options.precision)
+    check_writable(output)
+    start = time.perf_counter()
+    notes: list[str] = []
+    model = onnx.load(source)
+    props = {p.key: p.value for p in model.metadata_props}
+    keep = sensitive_nodes(model, include_slot_matmuls=options.precision == "int8") + list(options.keep_fp32)
+    if not keep:
+        notes.append("no GLMix logits MatMul found: nothing is kept in fp32")
+    samples: list[np.ndarray] = []
+    if options.precision == "fp16":
+        model = to_fp16(model, keep)
+    else:
+        assert options.calibration is not None
+        try:
+            meta = ArtifactMetadata.from_props(props)
+        except MetadataError as exc:
+            raise ExportError(f"{source}: {exc}; cannot tell how to preprocess calibration images") from None
+        samples = calibration_samples(options.calibration, meta, options.calib_samples)
+        with atomic_outputs(output) as (temp,):
+            to_int8_qdq(source, temp, samples, keep, options.calib_method)
+            model = onnx.load(temp)
+    _set_metadata(model, options.precision, notes)
+    model.doc_string = (model.doc_string + f" ({options.precision}: {len(keep)} nodes kept fp32)").strip()
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise ExportError(f"the {options.precision} graph fails onnx.checker: {one_line(exc)}") from exc
+    with atomic_outputs(output) as (temp,):
+        onnx.save_model(model, temp)
+    ops = [n.op_type for n in model.graph.node]
+    return PrecisionResult(
+        path=output, source=source, precision=options.precision, kept_fp32=keep, casts=ops.count("Cast"),
+        quantized=ops.count("QuantizeLinear"), calibration_images=len(samples),
+        seconds=time.perf_counter() - start, notes=notes,
+    )

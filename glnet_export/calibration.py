@@ -1,0 +1,69 @@
+"""Calibration images for post-training quantization: a folder of pictures, preprocessed
+exactly as the artifact's metadata says, so the ranges NNCF measures are the ranges the
+deployed model sees."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import GlnetExportError
+from .metadata import ArtifactMetadata
+from .preprocess import ImageError, preprocess
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".gif"})
+DEFAULT_COUNT = 300  # NNCF's own default subset size; more rarely changes the ranges
+
+
+class CalibrationError(GlnetExportError):
+    """No calibration images could be used."""
+
+
+@dataclass
+class CalibrationSet:
+    folder: Path
+    samples: list[np.ndarray]  # each 1 x 3 x H x W float32
+    skipped: list[str] = field(default_factory=list)  # files that could not be read, with why
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+def image_paths(folder: str | Path) -> list[Path]:
+    """Image files directly in `folder`, sorted by name (so a run is reproducible)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        reason = "is not a folder" if folder.exists() else "does not exist"
+        raise CalibrationError(f"no usable images in {folder}: the folder {reason}")
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def load_calibration(
+    folder: str | Path,
+    meta: ArtifactMetadata,
+    count: int = DEFAULT_COUNT,
+    size: tuple[int, int] | None = None,
+) -> CalibrationSet:
+    """Up to `count` preprocessed images from `folder`; all of them when it has fewer.
+
+    Unreadable files are skipped and listed; a folder with none usable is an error, since
+    quantizing without data would silently pick meaningless ranges.
+    """
+    if count < 1:
+        raise CalibrationError(f"--calib-count must be >= 1, not {count}")
+    folder = Path(folder)
+    result = CalibrationSet(folder, [])
+    for path in image_paths(folder):
+        if len(result.samples) >= count:
+            break
+        try:
+            result.samples.append(preprocess(path, meta, size=size))
+        except ImageError as exc:
+            result.skipped.append(str(exc))
+    if not result.samples:
+        detail = f" ({len(result.skipped)} unreadable)" if result.skipped else ""
+        raise CalibrationError(f"no usable images in {folder}{detail}; supported: "
+                               f"{', '.join(sorted(IMAGE_SUFFIXES))}")
+    return result

@@ -1,0 +1,168 @@
+"""TensorRT back-end: run a serialized engine with the TensorRT 10 Python API.
+
+Deserialize, create an execution context, set the input shape (engines have dynamic
+profiles), bind tensor addresses, `execute_async_v3` on a CUDA stream. GPU memory and the
+stream come from `torch.cuda`: PyTorch is already a dependency of the project, its API is
+typed, and it shares the CUDA primary context with TensorRT. On a Jetson that means
+NVIDIA's PyTorch wheel for JetPack (the PyPI aarch64 wheel has no CUDA).
+
+Before deserializing, the JSON manifest written beside the engine is checked against the
+installed TensorRT and the GPU, so a mismatch stops with one clear line instead of a
+deserialization crash. `tensorrt` is imported only inside functions: importing this module
+needs neither TensorRT nor a GPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from export.trt_profiles import EngineManifest, ManifestError, check_manifest, manifest_path
+from glnet_export.metadata import ArtifactMetadata, MetadataError
+
+from .base import BackendUnavailableError, Runner, RuntimeInputError, TensorSpec
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+
+TRT_MISSING = ("TensorRT is not installed here (it comes with JetPack on a Jetson, or "
+               "pip install 'glnet-export[tensorrt]' from NVIDIA's index)")
+
+
+def tensorrt_available() -> bool:
+    """True when the real TensorRT imports (the `tensorrt-stubs` package alone makes a bare namespace)."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return False
+    try:
+        import tensorrt
+    except Exception:  # noqa: BLE001 - a broken install (no libnvinfer) is "not available"
+        return False
+    return hasattr(tensorrt, "Builder")
+
+
+def require_tensorrt(hint: str = "") -> str:
+    """The installed TensorRT version, or BackendUnavailableError with what to install."""
+    if not tensorrt_available():
+        raise BackendUnavailableError(TRT_MISSING + (f"; {hint}" if hint else ""))
+    import tensorrt as trt
+
+    return trt.__version__
+
+
+def cuda_device(device: str = "cuda") -> tuple[str, str, int]:
+    """(GPU name, compute capability "8.7", index) of `device` ("cuda", "cuda:N"), via torch.cuda."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise BackendUnavailableError("TensorRT needs an NVIDIA GPU and PyTorch built with CUDA (torch.cuda is not "
+                                      "available here; on a Jetson install NVIDIA's PyTorch wheel for JetPack)")
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    if not 0 <= index < torch.cuda.device_count():
+        raise BackendUnavailableError(f"no GPU {device} (this machine has {torch.cuda.device_count()})")
+    major, minor = torch.cuda.get_device_capability(index)
+    return torch.cuda.get_device_name(index), f"{major}.{minor}", index
+
+
+def read_manifest(engine: Path) -> EngineManifest | None:
+    path = manifest_path(engine)
+    if not path.is_file():
+        return None
+    return EngineManifest.from_json(path.read_text(encoding="utf-8"), where=str(path))
+
+
+def _sizes(dims: trt.Dims) -> tuple[int, ...]:
+    """A trt.Dims as a tuple (Dims indexes like a sequence but is not typed as iterable)."""
+    return tuple(int(dims[i]) for i in range(len(dims)))
+
+
+class TensorRTRunner(Runner):
+    """A TensorRT engine on one GPU. `device` "cpu" (the default of `runtimes.load`) means the first GPU."""
+
+    backend = "tensorrt"
+
+    def __init__(self, path: str | Path, device: str = "cuda", check: bool = True, **_: Any) -> None:
+        super().__init__()
+        path = Path(path)
+        version = require_tensorrt()
+        import tensorrt as trt
+        import torch
+
+        gpu, capability, index = cuda_device("cuda" if device in ("cpu", "gpu") else device)
+        self.notes: list[str] = []
+        self.manifest = read_manifest(path)
+        if self.manifest is not None and check:
+            self.notes += check_manifest(self.manifest, path, version, gpu, capability)
+        elif self.manifest is None:
+            self.notes.append(f"{path} has no manifest beside it: TensorRT version and GPU not checked")
+        self._torch_device = torch.device("cuda", index)
+        self.device = f"cuda:{index} ({gpu})"
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        if self.manifest is not None and self.manifest.version_compatible:
+            self._runtime.engine_host_code_allowed = True  # the lean runtime embedded in the plan
+        with torch.cuda.device(index):
+            engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+            if engine is None:
+                raise ManifestError(f"{path}: TensorRT {version} could not deserialize the engine (built by another "
+                                    "TensorRT version or for another GPU? see TensorRT's message above)")
+            self._engine = engine
+            self._context = engine.create_execution_context()
+            self._stream = torch.cuda.Stream(self._torch_device)
+        self._profile: dict[str, list[tuple[int, ...]]] = {}
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            shape = tuple(d if d >= 0 else None for d in _sizes(engine.get_tensor_shape(name)))
+            dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name))).name
+            if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                self.inputs.append(TensorSpec(name, shape, dtype))
+                self._profile[name] = [_sizes(dims) for dims in engine.get_tensor_profile_shape(name, 0)]
+            else:
+                self.outputs.append(TensorSpec(name, shape, dtype))
+        if self.manifest is not None:
+            self.precision = self.manifest.precision
+            try:
+                self.metadata = ArtifactMetadata.from_props(self.manifest.metadata)
+            except MetadataError:
+                self.metadata = None
+        else:
+            self.precision = "unknown"
+
+    def _check_profile(self, name: str, shape: tuple[int, ...]) -> None:
+        low, _, high = self._profile[name]
+        if any(s < lo or s > hi for s, lo, hi in zip(shape, low, high, strict=True)):
+            fmt = "x".join
+            raise RuntimeInputError(
+                f"input shape {fmt(map(str, shape))} is outside the engine's profile "
+                f"{fmt(map(str, low))} .. {fmt(map(str, high))} (rebuild with other --min/--max)")
+
+    def _infer(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        spec = self.inputs[0]
+        self._check_profile(spec.name, x.shape)
+        with torch.cuda.device(self._torch_device):
+            host = torch.from_numpy(x.astype(spec.dtype, copy=False))
+            inp = host.to(self._torch_device)
+            if not self._context.set_input_shape(spec.name, x.shape):
+                raise RuntimeInputError(f"TensorRT rejected input shape {x.shape} for {spec.name!r}")
+            self._context.set_tensor_address(spec.name, inp.data_ptr())
+            outputs = []
+            for out in self.outputs:
+                shape = _sizes(self._context.get_tensor_shape(out.name))
+                dtype = torch.from_numpy(np.empty(0, out.dtype)).dtype
+                buffer = torch.empty(shape, dtype=dtype, device=self._torch_device)
+                self._context.set_tensor_address(out.name, buffer.data_ptr())
+                outputs.append(buffer)
+            self._stream.wait_stream(torch.cuda.current_stream(self._torch_device))  # the input copy
+            if not self._context.execute_async_v3(self._stream.cuda_stream):
+                raise RuntimeInputError("TensorRT failed to enqueue the inference (see its message above)")
+            self._stream.synchronize()
+            return outputs[0].float().cpu().numpy()
+
+    def _close(self) -> None:
+        del self._context  # before the engine it came from
+        del self._engine
+        del self._runtime
