@@ -34,6 +34,7 @@ class VerifyOptions:
     precision: str | None = None  # asked of back-ends that choose their own (OpenVINO)
     device: str = "cpu"
     shapes: list[tuple[int, int, int, int]] | None = None  # None: chosen from the metadata
+    max_photos: int | None = None  # None: every photograph available (10 with scikit-image + scikit-learn)
 
 
 def verify_artifact(
@@ -73,7 +74,8 @@ def verify_artifact(
                 if progress:
                     progress(f"verifying {Path(path).name} at {'x'.join(map(str, shape))}")
 
-            report = verify(ref_runner.infer, candidate.infer, meta, shapes, tolerance, sample_photo_paths(),
+            photos = sample_photo_paths(options.max_photos)
+            report = verify(ref_runner.infer, candidate.infer, meta, shapes, tolerance, photos,
                             names=(ref_runner.name, candidate.name), on_shape=on_shape)
     report.precision = candidate.precision
     return report

@@ -55,6 +55,12 @@ class GLMixBlock(nn.Module):
         self.mlp = conv_mlp(dim, mlp_ratio, mlp_dwconv)
         self.ls1 = layer_scale(dim, layerscale, nchw=True)
         self.ls2 = layer_scale(dim, layerscale, nchw=True)
+        # Opt-in, for visualising the semantic slots (export.features): when True, each
+        # call keeps the pixel-to-slot assignment (the dispatch softmax, B x 64 x H x W,
+        # summing to 1 over the slots) on `last_slots`. It is a tensor already computed,
+        # so the math and the default graph are unchanged.
+        self.record_slots = False
+        self.last_slots: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         x = self._glmix_deploy(x) if self.deploy else self._glmix_reference(x)
@@ -73,7 +79,10 @@ class GLMixBlock(nn.Module):
         logits = F.normalize(s0, dim=-1) @ (self.slot_scale * F.normalize(yf, dim=-1)).transpose(1, 2)
         slots = logits.softmax(dim=-1) @ yf  # clustering: B x 64 x C
         slots = self.relation_mha(slots, slots, slots, need_weights=False)[0]
-        out = logits.transpose(1, 2).softmax(dim=-1) @ slots  # dispatching: B x HW x C
+        dispatch = logits.transpose(1, 2).softmax(dim=-1)  # B x HW x 64
+        if self.record_slots:
+            self.last_slots = dispatch.transpose(1, 2).reshape(b, -1, h, w)
+        out = dispatch @ slots  # dispatching: B x HW x C
         out = out.transpose(1, 2).reshape(b, c, h, w) + self.feature_conv(y)
         return x + self.ls1(out)
 
@@ -94,7 +103,10 @@ class GLMixBlock(nn.Module):
         logits = query @ F.normalize(yc, dim=1)  # B x 64 x HW
         slots = logits.softmax(dim=-1) @ yc.transpose(1, 2)  # B x 64 x C
         slots = attention(slots, self.relation_mha)
-        out = slots.transpose(1, 2) @ logits.softmax(dim=1)  # B x C x HW
+        dispatch = logits.softmax(dim=1)  # B x 64 x HW
+        if self.record_slots:
+            self.last_slots = dispatch.reshape(y.shape[0], -1, y.shape[2], y.shape[3])
+        out = slots.transpose(1, 2) @ dispatch  # B x C x HW
         out = out.reshape(y.shape) + self.feature_conv(y)
         return x + self.ls1(out)
 

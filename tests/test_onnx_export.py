@@ -291,7 +291,7 @@ def test_glnet_4g_export_each_dynamic_mode(dynamic: str, glnet_4g: glnet.GLNet, 
     path = tmp_path / f"g4_{dynamic}.onnx"
     result = export_onnx(glnet_4g, path, OnnxExportOptions(dynamic=dynamic))
     assert result.simplified
-    report = verify_onnx(path, glnet_4g, VerifyOptions(threads=2))
+    report = verify_onnx(path, glnet_4g, VerifyOptions(threads=2, max_photos=4))
     assert report.passed, report.results
     expected = {"none": 1, "batch": 2, "shape": 4}[dynamic]
     assert len(report.results) == expected
