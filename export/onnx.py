@@ -28,6 +28,7 @@ from glnet_export.errors import ExportError, OptionError, one_line
 from glnet_export.metadata import IMAGENET_LABELS, ArtifactMetadata
 
 from .atomic import atomic_outputs, check_writable
+from .features import GLNetFeatures, output_names, resolve_slot_blocks
 
 DYNAMIC_MODES = ("none", "batch", "shape")
 MIN_SIDE = 32  # the network down-samples 32x
@@ -42,6 +43,8 @@ class OnnxExportOptions:
     batch: int = 1  # fixed batch for dynamic="none"; the first verified batch otherwise
     dynamic: str = "batch"
     simplify: bool = True
+    features: bool = False  # the four stage outputs (export.features) instead of the logits
+    slot_blocks: tuple[str, ...] = ()  # with features: GLMix blocks whose slot maps are extra outputs
 
     def validate(self) -> None:
         if self.dynamic not in DYNAMIC_MODES:
@@ -55,6 +58,8 @@ class OnnxExportOptions:
             raise OptionError(f"batch must be >= 1, not {self.batch}")
         if not 17 <= self.opset <= 23:
             raise OptionError(f"opset {self.opset} is not supported; use 17 to 23 (20 is the default)")
+        if self.slot_blocks and not self.features:
+            raise OptionError("slot maps are outputs of a feature export: add --features to --with-slots")
 
 
 @dataclass
@@ -88,11 +93,12 @@ def parse_input_size(text: str) -> tuple[int, int]:
     return options.input_size
 
 
-def _dynamic_shapes(mode: str) -> tuple[dict[str, dict[int, torch.export.Dim]] | None, dict[str, list[str]]]:
+def _dynamic_shapes(mode: str, outputs: tuple[str, ...] = ("logits",)
+                    ) -> tuple[dict[str, dict[int, torch.export.Dim]] | None, dict[str, list[str]]]:
     if mode == "none":
         return None, {}
     dims: dict[int, torch.export.Dim] = {0: torch.export.Dim("batch", min=1, max=4096)}
-    names = {"input": ["batch"], "logits": ["batch"]}
+    names = {"input": ["batch"], **{name: ["batch"] for name in outputs}}
     if mode == "shape":
         # min 33, not 32: at 32 the last map is 1 x 1, which torch.export specialises; a
         # 32 lower bound makes it fail a guard and silently capture the model a second
@@ -119,9 +125,16 @@ def _quiet_exporter() -> Iterator[None]:
                 lg.setLevel(level)
 
 
+def _output_names(model: GLNet, options: OnnxExportOptions) -> tuple[str, ...]:
+    if not options.features:
+        return ("logits",)
+    return output_names(resolve_slot_blocks(model, options.slot_blocks))
+
+
 def trace_to_onnx(model: GLNet, options: OnnxExportOptions) -> onnx.ModelProto:
     """Run the dynamo exporter on the deploy form of `model` (left unchanged)."""
     deploy = copy.deepcopy(model).eval().to_deploy()
+    module: torch.nn.Module = GLNetFeatures(deploy, options.slot_blocks).eval() if options.features else deploy
     dynamic_shapes, _ = _dynamic_shapes(options.dynamic)
     # A dynamic axis whose example size is 1 gets specialised to 1 (FIELD_NOTES trap 2).
     batch = max(2, options.batch) if options.dynamic != "none" else options.batch
@@ -129,7 +142,7 @@ def trace_to_onnx(model: GLNet, options: OnnxExportOptions) -> onnx.ModelProto:
     try:
         with _quiet_exporter(), torch.inference_mode(False), torch.no_grad():
             program = torch.onnx.export(
-                deploy, (example,), None, input_names=["input"], output_names=["logits"],
+                module, (example,), None, input_names=["input"], output_names=list(_output_names(model, options)),
                 opset_version=options.opset, dynamic_shapes=dynamic_shapes, dynamo=True,
                 external_data=False, optimize=True, verify=False, report=False,
             )
@@ -163,6 +176,7 @@ def check_graph(proto: onnx.ModelProto) -> None:
 
 
 def build_metadata(model: GLNet, options: OnnxExportOptions, checkpoint_sha256: str | None) -> ArtifactMetadata:
+    outputs = _output_names(model, options)
     return ArtifactMetadata(
         model=model.cfg.name,
         num_classes=model.num_classes,
@@ -176,6 +190,9 @@ def build_metadata(model: GLNet, options: OnnxExportOptions, checkpoint_sha256: 
         torch_version=torch.__version__,
         onnx_version=onnx.__version__,
         glnet_export_version=glnet_export.__version__,
+        task="features" if options.features else "classify",
+        outputs=outputs,
+        output_name=outputs[0],
     )
 
 
@@ -207,6 +224,7 @@ def export_onnx(
     say = progress or (lambda _msg: None)
     start = time.perf_counter()
     notes: list[str] = []
+    outputs = _output_names(model, options)  # an unknown --with-slots block fails here, before tracing
 
     say(f"exporting {model.cfg.name} with torch.onnx (dynamo), dynamic {options.dynamic}")
     proto = trace_to_onnx(model, options)
@@ -227,7 +245,7 @@ def export_onnx(
     proto.doc_string = f"GLNet {meta.model} exported by glnet-export {glnet_export.__version__}"
     say(f"writing {output}")
     save_onnx(proto, output)
-    _, dynamic_axes = _dynamic_shapes(options.dynamic)
+    _, dynamic_axes = _dynamic_shapes(options.dynamic, outputs)
     return OnnxExportResult(
         path=output, metadata=meta, opset=options.opset, batch=options.batch, dynamic_axes=dynamic_axes,
         nodes_exported=nodes_exported, nodes_final=len(proto.graph.node), simplified=simplified,

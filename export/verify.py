@@ -15,7 +15,7 @@ import runtimes
 from glnet.model import GLNet
 from glnet_export.errors import GlnetExportError
 from glnet_export.photos import sample_photo_paths
-from glnet_export.verification import VerificationReport, shapes_to_verify, tolerance_for, verify
+from glnet_export.verification import VerificationReport, shapes_to_verify, tolerance_for, verify, verify_outputs
 from runtimes.base import Runner
 from runtimes.torch import TorchRunner
 
@@ -62,8 +62,13 @@ def verify_artifact(
         shapes = options.shapes or shapes_to_verify(meta, batch)
         tolerance = tolerance_for(candidate.precision, max_rel=options.max_rel, min_cosine=options.min_cosine,
                                   min_top1=options.min_top1)
+        features = meta.task == "features"
         ref_runner: Runner
-        if isinstance(reference, GLNet):
+        if isinstance(reference, GLNet) and features:
+            from .features import FeaturesTorchRunner, slot_blocks_of
+
+            ref_runner = FeaturesTorchRunner(reference, slot_blocks_of(meta.outputs), threads=options.threads)
+        elif isinstance(reference, GLNet):
             ref_runner = TorchRunner(reference, threads=options.threads)
         else:
             ref_runner = runtimes.load(reference, threads=options.threads, precision="fp32")
@@ -75,8 +80,12 @@ def verify_artifact(
                     progress(f"verifying {Path(path).name} at {'x'.join(map(str, shape))}")
 
             photos = sample_photo_paths(options.max_photos)
-            report = verify(ref_runner.infer, candidate.infer, meta, shapes, tolerance, photos,
-                            names=(ref_runner.name, candidate.name), on_shape=on_shape)
+            if features:  # several outputs, each compared; top-1 means nothing for feature maps
+                report = verify_outputs(ref_runner.infer_all, candidate.infer_all, meta, shapes, tolerance, photos,
+                                        names=(ref_runner.name, candidate.name), on_shape=on_shape)
+            else:
+                report = verify(ref_runner.infer, candidate.infer, meta, shapes, tolerance, photos,
+                                names=(ref_runner.name, candidate.name), on_shape=on_shape)
     report.precision = candidate.precision
     return report
 
@@ -85,6 +94,8 @@ def _check_compatible(reference: Runner, candidate: Runner) -> None:
     ref, cand = reference.metadata, candidate.metadata
     if ref is None or cand is None:
         return
+    if ref.task != cand.task or ref.outputs != cand.outputs:
+        raise VerifyError(f"cannot compare outputs {', '.join(cand.outputs)} with {', '.join(ref.outputs)}")
     if ref.model != cand.model or ref.num_classes != cand.num_classes:
         raise VerifyError(f"cannot compare {cand.model} ({cand.num_classes} classes) with "
                           f"{ref.model} ({ref.num_classes} classes)")

@@ -4,6 +4,7 @@ deployed model sees."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,8 +46,12 @@ def load_calibration(
     meta: ArtifactMetadata,
     count: int = DEFAULT_COUNT,
     size: tuple[int, int] | None = None,
+    sizes: Sequence[tuple[int, int]] = (),
 ) -> CalibrationSet:
     """Up to `count` preprocessed images from `folder`; all of them when it has fewer.
+
+    `sizes` (for artifacts with dynamic height and width): image i is preprocessed at
+    sizes[i % len(sizes)], so the measured ranges cover the resolutions it will run at.
 
     Unreadable files are skipped and listed; a folder with none usable is an error, since
     quantizing without data would silently pick meaningless ranges.
@@ -59,7 +64,8 @@ def load_calibration(
         if len(result.samples) >= count:
             break
         try:
-            result.samples.append(preprocess(path, meta, size=size))
+            at = sizes[len(result.samples) % len(sizes)] if sizes else size
+            result.samples.append(preprocess(path, meta, size=at))
         except ImageError as exc:
             result.skipped.append(str(exc))
     if not result.samples:

@@ -48,6 +48,10 @@ class ArtifactMetadata:
     torch_version: str = ""
     onnx_version: str = ""
     glnet_export_version: str = ""
+    # "classify": one output, the logits. "features": the four stage outputs stage1..stage4
+    # (strides 4, 8, 16, 32), then any slot maps `slots_<block>` (export.features).
+    task: str = "classify"
+    outputs: tuple[str, ...] = ("logits",)
 
     def to_props(self) -> dict[str, str]:
         props = {}

@@ -21,6 +21,7 @@ from .metadata import ArtifactMetadata
 from .preprocess import preprocess
 
 InferFn = Callable[[np.ndarray], np.ndarray]
+MultiInferFn = Callable[[np.ndarray], dict[str, np.ndarray]]  # every output by name (feature artifacts)
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,8 @@ class ShapeResult:
     top5: float  # fraction of samples whose top-5 classes are the same set
     passed: bool
     failures: list[str] = field(default_factory=list)
+    # Multi-output artifacts: metrics per output; the fields above are the worst of them.
+    outputs: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -121,7 +124,8 @@ def make_batches(
     return [np.stack(samples[i : i + b]) for i in range(0, len(samples), b)], n_photos
 
 
-def compare_outputs(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+def compare_outputs(reference: np.ndarray, candidate: np.ndarray, topk: bool = True) -> dict[str, float]:
+    """Closeness metrics; top-1/top-5 agreement (NaN when `topk` is off) only mean something for logits."""
     ref = reference.astype(np.float64).reshape(reference.shape[0], -1)
     out = candidate.astype(np.float64).reshape(candidate.shape[0], -1)
     diff = np.abs(ref - out)
@@ -129,13 +133,14 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray) -> dict[str, f
     dots = (ref * out).sum(1)
     norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
     cosine = float(np.min(np.where(norms > 0, dots / np.maximum(norms, 1e-30), 1.0)))
+    closeness = {"max_abs": float(diff.max()), "max_rel": float(diff.max() / scale), "cosine": cosine}
+    if not topk:
+        return {**closeness, "top1": math.nan, "top5": math.nan}
     k = min(5, ref.shape[1])
     top5_ref = np.sort(np.argsort(-ref, axis=1)[:, :k], axis=1)
     top5_out = np.sort(np.argsort(-out, axis=1)[:, :k], axis=1)
     return {
-        "max_abs": float(diff.max()),
-        "max_rel": float(diff.max() / scale),
-        "cosine": cosine,
+        **closeness,
         "top1": float(np.mean(ref.argmax(1) == out.argmax(1))),
         "top5": float(np.mean(np.all(top5_ref == top5_out, axis=1))),
     }
@@ -149,7 +154,7 @@ def check(metrics: dict[str, float], tol: Tolerance) -> list[str]:
         failures.append(f"max rel error {metrics['max_rel']:.3g} > {tol.max_rel:g}")
     if not metrics["cosine"] >= tol.min_cosine:
         failures.append(f"cosine {metrics['cosine']:.6f} < {tol.min_cosine:g}")
-    if not metrics["top1"] >= tol.min_top1:
+    if not math.isnan(metrics["top1"]) and not metrics["top1"] >= tol.min_top1:  # NaN: not logits
         failures.append(f"top-1 agreement {metrics['top1']:.0%} < {tol.min_top1:.0%}")
     return failures
 
@@ -190,7 +195,67 @@ def verify(
             continue
         metrics = compare_outputs(ref, out)
         failures = check(metrics, tolerance)
-        report.results.append(
-            ShapeResult(shape, len(ref), n_photos, passed=not failures, failures=failures, **metrics)
-        )
+        report.results.append(_result(shape, len(ref), n_photos, metrics, failures))
     return report
+
+
+def verify_outputs(
+    reference: MultiInferFn,
+    candidate: MultiInferFn,
+    meta: ArtifactMetadata,
+    shapes: Sequence[tuple[int, int, int, int]],
+    tolerance: Tolerance,
+    photos: Sequence[Path] = (),
+    names: tuple[str, str] = ("pytorch", "candidate"),
+    on_shape: Callable[[tuple[int, int, int, int]], None] | None = None,
+) -> VerificationReport:
+    """`verify` for multi-output artifacts (stage features, slot maps): every output is
+    judged on max rel error and cosine; top-1 only where an output is called `logits`."""
+    report = VerificationReport(names[0], names[1], meta.precision, tolerance, [])
+    if not photos:
+        report.notes.append("no photographs available (install scikit-image): random inputs only")
+    for shape in shapes:
+        if on_shape is not None:
+            on_shape(shape)
+        batches, n_photos = make_batches(meta, shape, photos)
+        ref = _concat([reference(batch) for batch in batches])
+        samples = len(next(iter(ref.values())))
+        try:
+            out = _concat([candidate(batch) for batch in batches])
+        except Exception as exc:  # noqa: BLE001 - any runtime failure is a verification failure
+            report.results.append(_failed(shape, samples, n_photos, f"failed to run: {one_line(exc, 200)}"))
+            continue
+        if list(out) != list(ref):
+            reason = f"outputs {list(out)} != reference {list(ref)}"
+            report.results.append(_failed(shape, samples, n_photos, reason))
+            continue
+        per_output: dict[str, dict[str, float]] = {}
+        failures: list[str] = []
+        for name, r in ref.items():
+            if out[name].shape != r.shape:
+                per_output[name] = {"max_abs": math.inf, "max_rel": math.inf, "cosine": 0.0}
+                failures.append(f"{name}: shape {out[name].shape} != reference {r.shape}")
+                continue
+            per_output[name] = compare_outputs(r, out[name], topk=name == "logits")
+            failures += [f"{name}: {f}" for f in check(per_output[name], tolerance)]
+        logits = per_output.get("logits", {})
+        worst = {
+            "max_abs": max(m["max_abs"] for m in per_output.values()),
+            "max_rel": max(m["max_rel"] for m in per_output.values()),
+            "cosine": min(m["cosine"] for m in per_output.values()),
+            "top1": logits.get("top1", math.nan),
+            "top5": logits.get("top5", math.nan),
+        }
+        report.results.append(_result(shape, samples, n_photos, worst, failures, per_output))
+    return report
+
+
+def _result(shape: tuple[int, int, int, int], samples: int, photos: int, metrics: dict[str, float],
+            failures: list[str], outputs: dict[str, dict[str, float]] | None = None) -> ShapeResult:
+    return ShapeResult(shape, samples, photos, metrics["max_abs"], metrics["max_rel"], metrics["cosine"],
+                       metrics["top1"], metrics["top5"], passed=not failures, failures=failures,
+                       outputs=outputs or {})
+
+
+def _concat(results: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {name: np.concatenate([r[name] for r in results]) for name in results[0]}

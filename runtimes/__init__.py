@@ -7,9 +7,12 @@ cheap and a missing optional back-end fails only when asked for, with an install
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .base import BackendUnavailableError, Runner, RuntimeInputError, TensorSpec
+
+if TYPE_CHECKING:
+    from .predictor import Predictor
 
 SUFFIXES = {".onnx": "onnxruntime", ".xml": "openvino", ".engine": "tensorrt", ".plan": "tensorrt"}
 
@@ -41,4 +44,13 @@ def load(path: str | Path, device: str = "cpu", threads: int | None = None, prec
     return TensorRTRunner(path, device=device, **kwargs)
 
 
-__all__ = ["BackendUnavailableError", "Runner", "RuntimeInputError", "TensorSpec", "load"]
+def __getattr__(name: str) -> Any:
+    # Lazy: the Predictor pulls in PIL and the labels, which a bare `import runtimes` need not.
+    if name == "Predictor":
+        from .predictor import Predictor
+
+        return Predictor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["BackendUnavailableError", "Predictor", "Runner", "RuntimeInputError", "TensorSpec", "load"]

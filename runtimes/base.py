@@ -61,6 +61,13 @@ class Runner(ABC):
         self._check_input(x)
         return self._infer(np.ascontiguousarray(x))
 
+    def infer_all(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output by name, in the artifact's order (feature artifacts have several)."""
+        if self._closed:
+            raise RuntimeInputError(f"{self.backend} runner is closed")
+        self._check_input(x)
+        return self._infer_all(np.ascontiguousarray(x))
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
@@ -92,6 +99,10 @@ class Runner(ABC):
 
     @abstractmethod
     def _infer(self, x: np.ndarray) -> np.ndarray: ...
+
+    def _infer_all(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        # Right for single-output artifacts; back-ends override it to return every output.
+        return {self.outputs[0].name if self.outputs else "output": self._infer(x)}
 
     def _close(self) -> None:  # noqa: B027 - back-ends override when they hold resources
         pass

@@ -60,9 +60,13 @@ class OnnxRuntimeRunner(Runner):
         except MetadataError:
             self.metadata = None
         self._input_name = self.inputs[0].name
+        self._output_names = [o.name for o in self.outputs]
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self._input_name: x})[0]
+
+    def _infer_all(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(self._output_names, self.session.run(self._output_names, {self._input_name: x}), strict=True))
 
     def _close(self) -> None:
         del self.session

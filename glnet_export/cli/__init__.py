@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from . import models_cmd, onnx_cmd, predict_cmd, tensorrt_cmd, verify_cmd
+from . import models_cmd, onnx_cmd, openvino_cmd, predict_cmd, slots_cmd, tensorrt_cmd, verify_cmd
 
 app = typer.Typer(
     name="glnet-export",
@@ -17,9 +17,11 @@ app = typer.Typer(
 )
 app.command("models")(models_cmd.models)
 app.command("onnx")(onnx_cmd.onnx)
+app.command("openvino")(openvino_cmd.openvino)
 app.command("verify")(verify_cmd.verify)
 app.command("predict")(predict_cmd.predict)
 app.command("tensorrt")(tensorrt_cmd.tensorrt)
+app.command("slots")(slots_cmd.slots)
 
 
 def main() -> None:

@@ -31,6 +31,11 @@ def onnx(
     min_cosine: Annotated[float | None, typer.Option(help="Tolerance: smallest cosine similarity.")] = None,
     min_top1: Annotated[float | None, typer.Option(help="Tolerance: top-1 agreement, 0..1.")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for verification.")] = None,
+    features: Annotated[bool, typer.Option("--features", help="Output the four stage maps (strides 4, 8, 16, 32), "
+                                           "not the logits: a backbone for detection or segmentation.")] = False,
+    with_slots: Annotated[str | None, typer.Option(
+        "--with-slots", metavar="BLOCKS", help="With --features: also output the slot assignment maps "
+        "(B x 64 x H x W) of these GLMix blocks: S.B[,S.B...] (checkpoint indices), 'last' or 'all'.")] = None,
 ) -> None:
     """Export a GLNet to one self-contained ONNX file and verify it against PyTorch."""
     import glnet
@@ -38,7 +43,8 @@ def onnx(
     from export.verify import VerifyOptions, verify_onnx
 
     options = OnnxExportOptions(opset=opset, input_size=parse_input_size(input_size), batch=batch,
-                                dynamic=dynamic, simplify=simplify)
+                                dynamic=dynamic, simplify=simplify, features=features,
+                                slot_blocks=tuple(b for b in (with_slots or "").split(",") if b.strip()))
     options.validate()
     output = output or Path(f"{model}.onnx")
     glnet.get_config(model)  # an unknown name fails here, before the slow imports below
@@ -92,7 +98,10 @@ def _summary(result, checkpoint: Path | None) -> Table:  # type: ignore[no-untyp
     table.add_row("weights", weights)
     table.add_row("input", escape(f"{meta.input_name} float32 [{', '.join(dims)}], {meta.color_order}, "
                                   f"ImageNet mean/std, trained at {h}x{w}"))
-    table.add_row("output", escape(f"{meta.output_name} float32 [{dims[0]}, {meta.num_classes}]"))
+    if meta.task == "features":
+        table.add_row("outputs", escape(", ".join(meta.outputs) + f" float32 [{dims[0]}, C, H/s, W/s]"))
+    else:
+        table.add_row("output", escape(f"{meta.output_name} float32 [{dims[0]}, {meta.num_classes}]"))
     table.add_row("opset", str(result.opset))
     simplified = "after onnxsim" if result.simplified else "(not simplified)"
     table.add_row("nodes", f"{result.nodes_exported} exported -> {result.nodes_final} {simplified}")

@@ -1,0 +1,305 @@
+"""ONNX (or a PyTorch GLNet, through ONNX) -> OpenVINO IR in fp32, fp16 or int8, then proof.
+
+`ov.convert_model` on the ONNX file keeps its dynamic axes (converting the PyTorch module
+directly fails on the whole GLNet: FIELD_NOTES table). The IR carries the ONNX file's
+ArtifactMetadata in its rt_info, with `precision` set to what the IR stores. Verification
+pins f32 compute by default, because the CPU plugin would otherwise run bf16 where the CPU
+has it (FIELD_NOTES trap 5) and the result would say nothing about the conversion.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+import runtimes
+from glnet.model import GLNet
+from glnet_export.calibration import DEFAULT_COUNT, load_calibration
+from glnet_export.errors import ExportError, OptionError, one_line
+from glnet_export.metadata import ArtifactMetadata, MetadataError
+from glnet_export.photos import sample_photo_paths
+from glnet_export.verification import VerificationReport, shapes_to_verify, tolerance_for, verify
+from runtimes.base import Runner
+from runtimes.openvino import RT_INFO_KEY, OpenVinoRunner, import_openvino
+from runtimes.torch import TorchRunner
+
+from .atomic import atomic_outputs, check_writable
+from .onnx import MIN_SIDE, OnnxExportOptions
+from .openvino_int8 import count_fake_quantize, quantize_int8
+from .verify import VerifyError, VerifyOptions, _check_compatible
+
+PRECISIONS = ("fp32", "fp16", "int8")
+Progress = Callable[[str], None]
+
+
+@dataclass
+class OpenVinoOptions:
+    precision: str = "fp32"  # what the IR stores: fp32 | fp16 (weights) | int8 (NNCF)
+    calib_dir: Path | None = None  # int8: a folder of images
+    calib_count: int = DEFAULT_COUNT  # int8: at most this many images (fewer if the folder has fewer)
+    keep_float: bool = True  # int8: keep GLMix's normalisations, softmaxes and logits MatMul in float
+
+    def validate(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise OptionError(f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if self.precision == "int8" and self.calib_dir is None:
+            raise OptionError("--precision int8 needs --calib DIR: a folder of representative images")
+        if self.calib_count < 1:
+            raise OptionError(f"--calib-count must be >= 1, not {self.calib_count}")
+
+
+@dataclass
+class OpenVinoResult:
+    xml: Path
+    bin: Path
+    metadata: ArtifactMetadata
+    precision: str  # what the IR stores
+    xml_bytes: int
+    bin_bytes: int
+    nodes: int
+    int8_nodes: int  # FakeQuantize nodes
+    kept_float: list[str] = field(default_factory=list)  # int8: nodes left in float on purpose
+    kept_float_summary: str = ""
+    calib_images: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def calibration_sizes(meta: ArtifactMetadata) -> list[tuple[int, int]]:
+    """Resolutions to calibrate at: the export size, plus 0.75x and 1.5x when H, W are dynamic.
+
+    Ranges measured at one size do not hold at others (glnet_tiny, dynamic shape, calibrated
+    at 64 only: max rel error 0.23 at 128 x 128 and 0.11 at 49 x 81; at the three sizes:
+    0.034 and 0.029, and 0.036 instead of 0.027 at 64).
+    """
+    h, w = meta.input_size
+    if meta.dynamic != "shape":
+        return [(h, w)]
+    low = MIN_SIDE + 1  # a dynamic export starts at 33 (export.onnx)
+    return [(h, w), (max(low, round(h * 0.75)), max(low, round(w * 0.75))), (round(h * 1.5), round(w * 1.5))]
+
+
+def read_onnx_metadata(onnx_path: Path) -> ArtifactMetadata:
+    if not onnx_path.is_file():
+        raise ExportError(f"{onnx_path}: no such file")
+    try:
+        proto = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as exc:
+        raise ExportError(f"{onnx_path}: not a readable ONNX file ({one_line(exc)})") from None
+    try:
+        return ArtifactMetadata.from_props({p.key: p.value for p in proto.metadata_props})
+    except MetadataError as exc:
+        raise ExportError(f"{onnx_path}: {exc}; export it with `glnet-export onnx` first") from None
+
+
+def bin_path(xml: Path) -> Path:
+    # OpenVINO finds the weights by the same-stem convention; the .xml does not name them.
+    return xml.with_suffix(".bin")
+
+
+def _save_ir(model: Any, xml: Path, compress_to_fp16: bool) -> None:
+    import_openvino().save_model(model, str(xml), compress_to_fp16=compress_to_fp16)
+
+
+def write_ir(model: Any, xml: Path, compress_to_fp16: bool) -> None:
+    """Save atomically: into a private folder beside `xml`, then rename .bin, then .xml.
+
+    `ov.save_model` writes the .bin next to the .xml with the same stem, so it saves
+    under the final file name in a temporary folder of the same file system; the two
+    files are then moved onto `atomic_outputs`' temporary names and renamed into place.
+    """
+    staging = Path(tempfile.mkdtemp(prefix=f".{xml.name}.", suffix=".tmp", dir=xml.parent))
+    try:
+        with atomic_outputs(xml, bin_path(xml)) as (temp_xml, temp_bin):
+            _save_ir(model, staging / xml.name, compress_to_fp16)
+            os.replace(staging / bin_path(xml).name, temp_bin)
+            os.replace(staging / xml.name, temp_xml)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def convert_openvino(
+    onnx_path: str | Path,
+    output_xml: str | Path,
+    options: OpenVinoOptions | None = None,
+    progress: Progress | None = None,
+) -> OpenVinoResult:
+    """Convert a glnet-export ONNX file to an IR at `output_xml` (+ the .bin beside it)."""
+    options = options or OpenVinoOptions()
+    options.validate()
+    onnx_path, xml = Path(onnx_path), Path(output_xml)
+    if xml.suffix.lower() != ".xml":
+        raise OptionError(f"{xml}: an OpenVINO IR file name must end in .xml")
+    check_writable(xml)
+    check_writable(bin_path(xml))
+    say = progress or (lambda _msg: None)
+    start = time.perf_counter()
+    meta = read_onnx_metadata(onnx_path)
+    calib = None
+    if options.precision == "int8":  # read the images before minutes of work, to fail early
+        assert options.calib_dir is not None
+        say(f"reading calibration images from {options.calib_dir}")
+        calib = load_calibration(options.calib_dir, meta, count=options.calib_count, sizes=calibration_sizes(meta))
+
+    ov = import_openvino()
+    say(f"converting {onnx_path} with openvino.convert_model")
+    try:
+        model = ov.convert_model(str(onnx_path))
+    except Exception as exc:
+        raise ExportError(f"openvino.convert_model failed: {one_line(exc)}") from exc
+    notes: list[str] = []
+    kept, summary = [], ""
+    if calib is not None:
+        say(f"quantizing to int8 with NNCF on {len(calib)} images")
+        model, sensitive = quantize_int8(model, calib.samples, keep_float=options.keep_float)
+        kept, summary = sensitive.names, sensitive.describe() if options.keep_float else "none (--no-keep-float)"
+        if options.keep_float and not sensitive.logits_matmuls:
+            notes.append("found no GLMix clustering nodes to keep in float (graph layout changed?)")
+        if calib.skipped:
+            notes.append(f"skipped {len(calib.skipped)} unreadable calibration file(s), e.g. {calib.skipped[0]}")
+        if len(calib) < 50:
+            notes.append(f"only {len(calib)} calibration images; 100-300 give steadier ranges")
+
+    meta = dataclasses.replace(meta, precision=options.precision)
+    for key, value in meta.to_props().items():
+        model.set_rt_info(value, [RT_INFO_KEY, key])
+    say(f"writing {xml} and {bin_path(xml).name}")
+    # int8: keep the float parts' weights fp32 (quantized weights become int8 on save anyway).
+    write_ir(model, xml, compress_to_fp16=options.precision == "fp16")
+    return OpenVinoResult(
+        xml=xml, bin=bin_path(xml), metadata=meta, precision=options.precision,
+        xml_bytes=xml.stat().st_size, bin_bytes=bin_path(xml).stat().st_size,
+        nodes=len(model.get_ordered_ops()), int8_nodes=count_fake_quantize(model), kept_float=kept,
+        kept_float_summary=summary, calib_images=len(calib) if calib else 0,
+        seconds=time.perf_counter() - start, notes=notes,
+    )
+
+
+def export_openvino(
+    model: GLNet,
+    output_xml: str | Path,
+    options: OpenVinoOptions | None = None,
+    onnx_options: OnnxExportOptions | None = None,
+    checkpoint_sha256: str | None = None,
+    progress: Progress | None = None,
+) -> OpenVinoResult:
+    """A PyTorch GLNet -> IR, through a temporary ONNX file (`export.onnx.export_onnx`)."""
+    from .onnx import export_onnx
+
+    (options or OpenVinoOptions()).validate()
+    check_writable(Path(output_xml))
+    with tempfile.TemporaryDirectory(prefix="glnet-export-") as tmp:
+        onnx_path = Path(tmp) / f"{model.cfg.name}.onnx"
+        onnx_result = export_onnx(model, onnx_path, onnx_options, checkpoint_sha256=checkpoint_sha256,
+                                  progress=progress)
+        result = convert_openvino(onnx_path, output_xml, options, progress=progress)
+    result.seconds += onnx_result.seconds
+    result.notes = onnx_result.notes + result.notes
+    return result
+
+
+@dataclass
+class OpenVinoVerification:
+    report: VerificationReport
+    device: str
+    requested_precision: str | None  # what verification asked the device for (None: its default)
+    precision: str  # what ran, judged with this precision's tolerance
+    float_precision: str
+    weights_precision: str
+    int8_nodes: int
+    photos: int
+    photo_top1: float | None  # top-1 agreement with the reference on the photographs alone
+    # The smallest cosine on the photographs alone: int8 calibrated on real images clips
+    # the random-normal inputs that `verify` adds, so those alone can fail int8's cosine.
+    photo_min_cosine: float | None
+
+    @property
+    def passed(self) -> bool:
+        return self.report.passed
+
+
+@contextlib.contextmanager
+def _reference(reference: GLNet | str | Path, threads: int | None) -> Iterator[Runner]:
+    """PyTorch for a GLNet; another artifact (f32 pinned) for a path, e.g. the source ONNX."""
+    runner: Runner
+    if isinstance(reference, GLNet):
+        runner = TorchRunner(reference, threads=threads)
+    else:
+        runner = runtimes.load(reference, threads=threads, precision="fp32")
+    with runner:
+        yield runner
+
+
+def verify_openvino(
+    xml: str | Path,
+    reference: GLNet | str | Path,
+    options: VerifyOptions | None = None,
+    photos: Sequence[Path] | None = None,
+    progress: Progress | None = None,
+) -> OpenVinoVerification:
+    """Run the IR in OpenVINO and `reference` on the same inputs, at every shape it claims.
+
+    `options.precision` is the compute precision asked of the device; the default options
+    pin "fp32", so the check measures the conversion, while None lets the device choose
+    (bf16 on CPUs that have it). The tolerance is the one of what actually ran. `photos`
+    default to the sample photographs; their top-1 agreement is also reported alone.
+    """
+    options = options or VerifyOptions(precision="fp32")
+    photo_paths = list(sample_photo_paths() if photos is None else photos)
+    with OpenVinoRunner(xml, device=options.device, threads=options.threads, precision=options.precision) as cand, \
+            _reference(reference, options.threads) as ref_runner:
+        if cand.metadata is None:
+            raise VerifyError(f"{xml}: no glnet-export metadata in its rt_info, cannot tell how to feed it")
+        _check_compatible(ref_runner, cand)
+        meta = dataclasses.replace(cand.metadata, precision=cand.precision)
+        fixed_batch = cand.inputs[0].shape[0]
+        batch = fixed_batch if isinstance(fixed_batch, int) else options.batch
+        shapes = options.shapes or shapes_to_verify(meta, batch)
+        tolerance = tolerance_for(cand.precision, max_rel=options.max_rel, min_cosine=options.min_cosine,
+                                  min_top1=options.min_top1)
+        # Keep the first shape's outputs: `make_batches` puts the photographs first.
+        first: dict[str, list[np.ndarray]] = {"ref": [], "out": []}
+        seen: list[tuple[int, int, int, int]] = []
+
+        def recording(fn: Callable[[np.ndarray], np.ndarray], key: str) -> Callable[[np.ndarray], np.ndarray]:
+            def run(x: np.ndarray) -> np.ndarray:
+                y = fn(x)
+                if len(seen) == 1:
+                    first[key].append(y)
+                return y
+            return run
+
+        def on_shape(shape: tuple[int, int, int, int]) -> None:
+            seen.append(shape)
+            if progress:
+                progress(f"verifying {cand.name} at {'x'.join(map(str, shape))}")
+
+        report = verify(recording(ref_runner.infer, "ref"), recording(cand.infer, "out"), meta, shapes,
+                        tolerance, photo_paths, names=(ref_runner.name, cand.name), on_shape=on_shape)
+    photo_top1 = photo_cosine = None
+    if photo_paths and first["out"]:
+        n = len(photo_paths)
+        ref = np.concatenate(first["ref"])[:n].reshape(n, -1).astype(np.float64)
+        out = np.concatenate(first["out"])[:n].reshape(n, -1).astype(np.float64)
+        photo_top1 = float(np.mean(ref.argmax(1) == out.argmax(1)))
+        norms = np.maximum(np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1), 1e-30)
+        photo_cosine = float(np.min((ref * out).sum(1) / norms))
+        report.notes.append(f"on the {n} photographs alone: top-1 agreement {photo_top1:.1%}, "
+                            f"smallest cosine {photo_cosine:.5f}")
+    return OpenVinoVerification(
+        report=report, device=cand.device, requested_precision=options.precision, precision=cand.precision,
+        float_precision=cand.float_precision, weights_precision=cand.weights_precision,
+        int8_nodes=cand.int8_nodes, photos=len(photo_paths), photo_top1=photo_top1,
+        photo_min_cosine=photo_cosine,
+    )

@@ -1,0 +1,145 @@
+"""int8 post-training quantization of an OpenVINO model with NNCF, GLMix-aware.
+
+GLMix's soft clustering is the numerically delicate part of GLNet: the 64 slots and the
+pixels are L2-normalised, their cosine "logits" are multiplied by a learned temperature
+(trained GLNets learn values well above 1) and go through two softmaxes. Quantizing the
+unit vectors to 8 bits (steps of ~1/127), then scaling by the temperature, shifts every
+softmax; so the L2 normalisations, the logits MatMul, the slot softmaxes and the MatMuls
+that consume them stay in float through NNCF's `ignored_scope`. The nodes are found by
+graph structure, not by name, so any exporter's naming works.
+
+Measured on glnet_tiny (FIELD_NOTES-style, 30-40 samples, so small effects only): keeping
+them in float removes 6 (static) or 12 (dynamic shape) of ~70 FakeQuantize nodes; on a
+model with sharp temperatures (25) the top-5 set agreement with fp32 rose from 87% to 97%
+while the max error was unchanged; on trained digits (temperatures ~0.2) no difference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from glnet_export.errors import ExportError, one_line
+
+# Nodes between an L2 normalisation and the logits MatMul: shape plumbing and the temperature.
+_PASS_THROUGH = frozenset({"Broadcast", "Reshape", "Transpose", "Multiply", "Convert", "Unsqueeze", "Squeeze"})
+_SEARCH_DEPTH = 6
+
+
+def _nncf() -> Any:
+    try:
+        import nncf
+    except ImportError:
+        from runtimes.base import BackendUnavailableError
+
+        raise BackendUnavailableError("NNCF is not installed (needed for int8): "
+                                      "pip install 'glnet-export[openvino]'") from None
+    return nncf
+
+
+@dataclass
+class SensitiveNodes:
+    """Nodes of one graph that int8 must leave in float, by role (friendly names)."""
+
+    l2_norms: list[str] = field(default_factory=list)  # ReduceL2 -> Clamp/Maximum -> Divide
+    logits_matmuls: list[str] = field(default_factory=list)
+    softmaxes: list[str] = field(default_factory=list)
+    softmax_matmuls: list[str] = field(default_factory=list)
+
+    @property
+    def names(self) -> list[str]:
+        return self.l2_norms + self.logits_matmuls + self.softmaxes + self.softmax_matmuls
+
+    def describe(self) -> str:
+        return (f"{len(self.logits_matmuls)} logits MatMul, {len(self.softmaxes)} slot softmax, "
+                f"{len(self.softmax_matmuls)} softmax MatMul, {len(self.l2_norms) // 3} L2 normalisations")
+
+
+def _consumers(op: Any) -> list[Any]:
+    return [target.get_node() for out in op.outputs() for target in out.get_target_inputs()]
+
+
+def _producer(op: Any, index: int) -> Any:
+    return op.input_value(index).get_node()
+
+
+def _reaches(op: Any, targets: set[str], depth: int = _SEARCH_DEPTH) -> bool:
+    """Whether `op` is fed by one of `targets` through pass-through nodes only."""
+    if op.get_friendly_name() in targets:
+        return True
+    if depth == 0 or op.get_type_name() not in _PASS_THROUGH:
+        return False
+    return any(_reaches(_producer(op, i), targets, depth - 1) for i in range(op.get_input_size()))
+
+
+def find_sensitive_nodes(model: Any) -> SensitiveNodes:
+    """The GLMix clustering nodes of `model` (an openvino.Model), found by structure."""
+    found = SensitiveNodes()
+    divides: set[str] = set()
+    ops = model.get_ordered_ops()
+    for op in ops:
+        if op.get_type_name() != "ReduceL2":
+            continue
+        for clamp in _consumers(op):
+            if clamp.get_type_name() not in ("Clamp", "Maximum"):
+                continue
+            for div in _consumers(clamp):
+                if div.get_type_name() == "Divide":
+                    found.l2_norms += [op.get_friendly_name(), clamp.get_friendly_name(), div.get_friendly_name()]
+                    divides.add(div.get_friendly_name())
+    for op in ops:
+        # The logits MatMul multiplies two normalised tensors (slots and pixels).
+        if op.get_type_name() == "MatMul" and all(_reaches(_producer(op, i), divides) for i in range(2)):
+            found.logits_matmuls.append(op.get_friendly_name())
+    logits = set(found.logits_matmuls)
+    for op in ops:
+        if op.get_type_name() == "Softmax" and _producer(op, 0).get_friendly_name() in logits:
+            found.softmaxes.append(op.get_friendly_name())
+            found.softmax_matmuls += [c.get_friendly_name() for c in _consumers(op) if c.get_type_name() == "MatMul"]
+    return found
+
+
+@contextlib.contextmanager
+def _quiet_nncf() -> Iterator[None]:
+    """NNCF draws progress bars and logs on its own; the CLI reports progress itself."""
+    nncf = _nncf()
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        nncf.set_log_level(logging.ERROR)
+        try:
+            yield
+        finally:
+            logger.setLevel(level)
+
+
+def quantize_int8(model: Any, samples: list[np.ndarray], keep_float: bool = True) -> tuple[Any, SensitiveNodes]:
+    """NNCF post-training int8 of an openvino.Model on calibration `samples` (1x3xHxW each).
+
+    Returns the quantized model and the nodes kept in float (empty when `keep_float` is
+    False). ModelType.TRANSFORMER: SmoothQuant and the transformer-aware placement of
+    quantizers (the attention softmax outputs stay in float).
+    """
+    nncf = _nncf()
+    sensitive = find_sensitive_nodes(model) if keep_float else SensitiveNodes()
+    scope = nncf.IgnoredScope(names=sensitive.names) if sensitive.names else None
+    try:
+        with _quiet_nncf():
+            quantized = nncf.quantize(model, nncf.Dataset(samples), model_type=nncf.ModelType.TRANSFORMER,
+                                      subset_size=len(samples), ignored_scope=scope)
+    except Exception as exc:
+        raise ExportError(f"NNCF int8 quantization failed: {one_line(exc)}") from exc
+    return quantized, sensitive
+
+
+def count_fake_quantize(model: Any) -> int:
+    return sum(op.get_type_name() == "FakeQuantize" for op in model.get_ordered_ops())

@@ -1,0 +1,162 @@
+"""`glnet-export openvino`: an OpenVINO IR in fp32, fp16 or int8, written atomically, then
+verified against PyTorch with the precision that actually ran."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from .common import err, fail, handle_errors, human_bytes, out, write_json
+from .render import verification_table
+
+if TYPE_CHECKING:
+    from export.openvino import OpenVinoResult, OpenVinoVerification
+
+INFER_PRECISIONS = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16", "default": None}
+
+
+@handle_errors
+def openvino(
+    source: Annotated[Path | None, typer.Argument(help="ONNX file from `glnet-export onnx` (or use --model).")]
+    = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Variant to export through ONNX first.")]
+    = None,
+    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", "-c", help="Trained weights (.pth).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="IR .xml [default: NAME.xml, "
+                                                "NAME_fp16.xml, NAME_int8.xml]; the .bin goes beside it.")] = None,
+    precision: Annotated[str, typer.Option(help="What the IR stores: fp32 | fp16 (weights) | int8 (NNCF).")]
+    = "fp32",
+    calib: Annotated[Path | None, typer.Option("--calib", help="int8: a folder of calibration images.")] = None,
+    calib_count: Annotated[int, typer.Option(help="int8: at most this many calibration images.")] = 300,
+    keep_float: Annotated[bool, typer.Option(help="int8: keep GLMix's L2 norms, slot softmaxes and logits "
+                                             "MatMul in float.")] = True,
+    verify: Annotated[bool, typer.Option(help="Run the IR against PyTorch after the build.")] = True,
+    infer_precision: Annotated[str, typer.Option(help="Compute precision asked for the check: fp32 (pinned, "
+                                                 "measures the conversion) | bf16 | fp16 | default (the "
+                                                 "device's own, bf16 on CPUs that have it).")] = "fp32",
+    device: Annotated[str, typer.Option(help="OpenVINO device for the check: CPU, GPU, NPU.")] = "CPU",
+    input_size: Annotated[str, typer.Option("--input-size", help="With --model: N or HxW.")] = "224",
+    dynamic: Annotated[str, typer.Option(help="With --model: none | batch | shape.")] = "batch",
+    num_classes: Annotated[int, typer.Option(help="Classes of the checkpoint's head.")] = 1000,
+    use_ema: Annotated[bool, typer.Option("--ema", help="Use the checkpoint's EMA weights.")] = False,
+    max_rel: Annotated[float | None, typer.Option(help="Tolerance: max |a-b| / max |ref|.")] = None,
+    min_cosine: Annotated[float | None, typer.Option(help="Tolerance: smallest cosine similarity.")] = None,
+    min_top1: Annotated[float | None, typer.Option(help="Tolerance: top-1 agreement, 0..1.")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for verification.")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON ('-' for stdout).")]
+    = None,
+) -> None:
+    """Convert an ONNX file (or a --model, through ONNX) to an OpenVINO IR and verify it against PyTorch."""
+    from export.onnx import OnnxExportOptions, parse_input_size
+    from export.openvino import OpenVinoOptions, convert_openvino, export_openvino, verify_openvino
+    from export.verify import VerifyOptions
+    from glnet_export.errors import OptionError
+
+    if (source is None) == (model is None):
+        raise OptionError("give either an ONNX file or --model (with --checkpoint for trained weights)")
+    if infer_precision not in INFER_PRECISIONS:
+        raise OptionError(f"--infer-precision must be one of {', '.join(INFER_PRECISIONS)}, not {infer_precision!r}")
+    options = OpenVinoOptions(precision=precision, calib_dir=calib, calib_count=calib_count, keep_float=keep_float)
+    options.validate()  # int8 without --calib fails here, before any slow work
+    stem = Path(source).stem if source is not None else str(model)
+    output = output or Path(f"{stem}.xml" if precision == "fp32" else f"{stem}_{precision}.xml")
+
+    with err.status("converting") as status:
+        if model is not None:
+            onnx_options = OnnxExportOptions(input_size=parse_input_size(input_size), dynamic=dynamic)
+            onnx_options.validate()
+            reference, sha = _build_model(model, checkpoint, num_classes, use_ema)
+            result = export_openvino(reference, output, options, onnx_options, checkpoint_sha256=sha,
+                                     progress=status.update)
+        else:
+            assert source is not None
+            result = convert_openvino(source, output, options, progress=status.update)
+            reference = _reference_for(source, result.metadata, checkpoint, use_ema)
+        verification = None
+        if verify:
+            vopts = VerifyOptions(max_rel=max_rel, min_cosine=min_cosine, min_top1=min_top1, threads=threads,
+                                  precision=INFER_PRECISIONS[infer_precision], device=device)
+            verification = verify_openvino(result.xml, reference, vopts, progress=status.update)
+
+    write_json({"export": result, "verification": verification}, json_path)
+    if json_path is not None and str(json_path) == "-":
+        raise typer.Exit(0 if verification is None or verification.passed else 1)
+    out.print(_summary(result, source, checkpoint, verification))
+    for note in result.notes:
+        err.print(f"[yellow]note:[/] {note}")
+    if verification is None:
+        out.print("[yellow]not verified[/] (--no-verify)")
+        return
+    out.print(verification_table(verification.report))
+    if not verification.passed:
+        raise fail(f"verification FAILED: {result.xml} was written but does not match "
+                   f"{verification.report.reference} (see the table above)")
+    out.print(f"[bold green]PASSED[/] {result.xml} ({verification.report.candidate}) matches "
+              f"{verification.report.reference} at {len(verification.report.results)} shape(s)")
+
+
+def _build_model(name: str, checkpoint: Path | None, num_classes: int, use_ema: bool) -> tuple[Any, str | None]:
+    """The PyTorch model and its checkpoint's sha256 (None: random weights)."""
+    import glnet
+
+    glnet.get_config(name)  # an unknown name fails here, before the slow imports
+    net = glnet.create_model(name, num_classes=num_classes)
+    if checkpoint is None:
+        err.print(f"[bold yellow]WARNING:[/] no --checkpoint given: exporting RANDOM weights of {name} "
+                  "(fine for latency work; its predictions mean nothing)")
+        return net, None
+    from glnet.checkpoint import load_checkpoint
+
+    return net, load_checkpoint(net, checkpoint, use_ema=use_ema).sha256
+
+
+def _reference_for(source: Path, meta: Any, checkpoint: Path | None, use_ema: bool) -> Any:
+    """PyTorch rebuilt from the metadata and --checkpoint; else the source ONNX itself."""
+    if checkpoint is None:
+        why = "random weights cannot be rebuilt" if meta.random_weights else "no --checkpoint given"
+        err.print(f"[yellow]note:[/] verifying against {source} in onnxruntime ({why}); "
+                  "that file was itself verified against PyTorch when exported")
+        return source
+    import glnet
+    from export.verify import VerifyError
+    from glnet.checkpoint import checkpoint_sha256
+
+    if meta.checkpoint_sha256 and checkpoint_sha256(checkpoint) != meta.checkpoint_sha256:
+        raise VerifyError(f"{checkpoint} is not the checkpoint {source} was exported from "
+                          f"(sha256 {meta.checkpoint_sha256[:12]}... expected)")
+    return glnet.create_model(meta.model, checkpoint=checkpoint, num_classes=meta.num_classes, use_ema=use_ema)
+
+
+def _summary(result: OpenVinoResult, source: Path | None, checkpoint: Path | None,
+             verification: OpenVinoVerification | None) -> Table:
+    meta = result.metadata
+    table = Table(show_header=False, box=None, title=f"[bold]{meta.model}[/] -> {result.xml}", title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("files", f"{result.xml} ({human_bytes(result.xml_bytes)}) + {result.bin.name} "
+                           f"({human_bytes(result.bin_bytes)})")
+    table.add_row("from", str(source) if source is not None else f"--model {meta.model} (through ONNX)")
+    weights = (f"{checkpoint or 'checkpoint'} (sha256 {meta.checkpoint_sha256[:16]}...)" if meta.checkpoint_sha256
+               else "[bold yellow]RANDOM[/]" if meta.random_weights else "trained")
+    table.add_row("weights", weights)
+    h, w = meta.input_size
+    table.add_row("input", escape(f"{meta.input_name} float32, dynamic {meta.dynamic}, trained at {h}x{w}"))
+    table.add_row("precision", f"IR stores {result.precision}" + _runs_as(verification))
+    if result.precision == "int8":
+        table.add_row("int8", f"{result.int8_nodes} FakeQuantize nodes from {result.calib_images} calibration "
+                              f"images; kept in float: {result.kept_float_summary}")
+    table.add_row("nodes", str(result.nodes))
+    table.add_row("time", f"{result.seconds:.1f} s")
+    return table
+
+
+def _runs_as(v: OpenVinoVerification | None) -> str:
+    if v is None:
+        return ""
+    asked = v.requested_precision or "the device's default"
+    return (f"; on {v.device} (asked {asked}) it runs as [bold]{v.precision}[/] "
+            f"(float layers {v.float_precision}, weights {v.weights_precision})")
