@@ -257,8 +257,8 @@ def verify_openvino(
     """
     options = options or VerifyOptions(precision="fp32")
     photo_paths = list(sample_photo_paths() if photos is None else photos)
-    with OpenVinoRunner(xml, device=options.device, threads=options.threads, precision=options.precision) as cand, \
-            _reference(reference, options.threads) as ref_runner:
+    cand = OpenVinoRunner(xml, device=options.device, threads=options.threads, precision=options.precision)
+    with cand, _reference(reference, options.threads) as ref_runner:
         if cand.metadata is None:
             raise VerifyError(f"{xml}: no glnet-export metadata in its rt_info, cannot tell how to feed it")
         _check_compatible(ref_runner, cand)

@@ -59,7 +59,7 @@ def read_metadata(model: Any) -> ArtifactMetadata | None:
 
 def stored_precision(model: Any) -> tuple[str, int]:
     """What the IR stores: "int8" with its FakeQuantize count, else "fp16" / "fp32" weights."""
-    fake_quantize, constants = 0, Counter()
+    fake_quantize, constants = 0, Counter[str]()
     for op in model.get_ordered_ops():
         kind = op.get_type_name()
         if kind == "FakeQuantize":

@@ -6,6 +6,9 @@ from __future__ import annotations
 import typer
 
 from . import models_cmd, onnx_cmd, openvino_cmd, predict_cmd, slots_cmd, tensorrt_cmd, verify_cmd
+from .bench_cmd import app as bench_app
+from .benchmark_cmd import benchmark
+from .serve_cmd import serve, triton
 
 app = typer.Typer(
     name="glnet-export",
@@ -22,6 +25,10 @@ app.command("verify")(verify_cmd.verify)
 app.command("predict")(predict_cmd.predict)
 app.command("tensorrt")(tensorrt_cmd.tensorrt)
 app.command("slots")(slots_cmd.slots)
+app.add_typer(bench_app, name="bench")
+app.command("benchmark")(benchmark)
+app.command("serve")(serve)
+app.command("triton")(triton)
 
 
 def main() -> None:

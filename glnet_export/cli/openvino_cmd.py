@@ -26,8 +26,8 @@ def openvino(
     model: Annotated[str | None, typer.Option("--model", "-m", help="Variant to export through ONNX first.")]
     = None,
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", "-c", help="Trained weights (.pth).")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="IR .xml [default: NAME.xml, "
-                                                "NAME_fp16.xml, NAME_int8.xml]; the .bin goes beside it.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="IR .xml (default: NAME.xml, "
+                                                "NAME_fp16.xml, NAME_int8.xml); the .bin goes beside it.")] = None,
     precision: Annotated[str, typer.Option(help="What the IR stores: fp32 | fp16 (weights) | int8 (NNCF).")]
     = "fp32",
     calib: Annotated[Path | None, typer.Option("--calib", help="int8: a folder of calibration images.")] = None,
