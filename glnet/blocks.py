@@ -23,6 +23,7 @@ from .layers import (
     attention,
     conv_mlp,
     depthwise,
+    l2_normalize,
     layer_scale,
     pool_8x8,
     token_mlp,
@@ -87,9 +88,11 @@ class GLMixBlock(nn.Module):
         return x + self.ls1(out)
 
     def _glmix_deploy(self, x: Tensor) -> Tensor:
-        # Same math, arranged for the NCHW layout so that no HW-sized tensor is transposed
-        # except once for the clustering matmul, and with tau applied to the 64 slots
-        # rather than to the HW pixels: (a . tau b) = (tau a) . b.
+        # Same math, arranged for ONNX runtimes. norm1 runs channels-last: its B x HW x C
+        # tokens feed the slot matmuls directly, and the feature convs get them through one
+        # transpose that onnxruntime folds into its NCHWc reorder. tau is applied to the 64
+        # slots rather than the HW pixels: (a . tau b) = (tau a) . b. The two softmaxes stay
+        # Softmax nodes: the fp16 and int8 converters find GLMix's sensitive ops by them.
         s0: Tensor
         if self.init_slots is not None:
             s0 = self.init_slots  # 1 x 64 x C, broadcast by matmul
@@ -97,17 +100,17 @@ class GLMixBlock(nn.Module):
             s0 = pool_8x8(x).flatten(2).transpose(1, 2)  # B x 64 x C
         if self.pos_conv is not None:
             x = x + self.pos_conv(x)
-        y = self.norm1(x)
-        yc = y.flatten(2)  # B x C x HW
-        query = F.normalize(s0, dim=-1) * self.slot_scale
-        logits = query @ F.normalize(yc, dim=1)  # B x 64 x HW
-        slots = logits.softmax(dim=-1) @ yc.transpose(1, 2)  # B x 64 x C
+        y = self.norm1.channels_last(x)  # B x H x W x C
+        yt = y.reshape(y.shape[0], -1, y.shape[3])  # B x HW x C
+        query = l2_normalize(s0, dim=-1) * self.slot_scale
+        logits = query @ l2_normalize(yt.transpose(1, 2), dim=1)  # B x 64 x HW
+        slots = logits.softmax(dim=-1) @ yt  # clustering: B x 64 x C
         slots = attention(slots, self.relation_mha)
         dispatch = logits.softmax(dim=1)  # B x 64 x HW
         if self.record_slots:
-            self.last_slots = dispatch.reshape(y.shape[0], -1, y.shape[2], y.shape[3])
-        out = slots.transpose(1, 2) @ dispatch  # B x C x HW
-        out = out.reshape(y.shape) + self.feature_conv(y)
+            self.last_slots = dispatch.reshape(x.shape[0], -1, x.shape[2], x.shape[3])
+        out = slots.transpose(1, 2) @ dispatch  # dispatching: B x C x HW
+        out = out.reshape(x.shape) + self.feature_conv(y.permute(0, 3, 1, 2))
         return x + self.ls1(out)
 
 
@@ -137,6 +140,9 @@ class GridMHSABlock(nn.Module):
             a = self.mha_op(n, n, n, need_weights=False)[0]
         t = t + self.ls1(a)
         x = t.transpose(1, 2).reshape(x.shape)
+        if self.deploy:  # norm2 on the tokens (the same LayerNorm over C): one transpose fewer
+            n = F.layer_norm(t, self.norm2.normalized_shape, self.norm2.weight, self.norm2.bias, self.norm2.eps)
+            return x + self.ls2(self.mlp(n.transpose(1, 2).reshape(x.shape)))
         return x + self.ls2(self.mlp(self.norm2(x)))
 
 

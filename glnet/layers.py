@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 LN_EPS = 1e-6
+L2_EPS = 1e-12  # F.normalize's default
 POOL_BINS = 8  # 8 x 8 = 64 semantic slots
 
 
@@ -25,6 +26,10 @@ class LayerNorm2d(nn.LayerNorm):
         x = x.permute(0, 2, 3, 1)
         x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         return x.permute(0, 3, 1, 2)
+
+    def channels_last(self, x: Tensor) -> Tensor:
+        """The same normalisation of an NCHW map, returned as B x H x W x C."""
+        return F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
 
 
 class LayerScale(nn.Module):
@@ -103,6 +108,11 @@ def pool_8x8(x: Tensor) -> Tensor:
     p_h = pool_matrix(x.shape[2], x)
     p_w = pool_matrix(x.shape[3], x)
     return torch.matmul(p_h, torch.matmul(x, p_w.transpose(0, 1)))
+
+
+def l2_normalize(x: Tensor, dim: int) -> Tensor:
+    """`F.normalize(x, dim=dim)` without its `expand_as`, which exports as an Expand node."""
+    return x / torch.linalg.vector_norm(x, dim=dim, keepdim=True).clamp_min(L2_EPS)
 
 
 def attention(x: Tensor, mha: nn.MultiheadAttention) -> Tensor:

@@ -38,7 +38,8 @@ def session_options(threads: int | None = None):  # type: ignore[no-untyped-def]
 class OnnxRuntimeRunner(Runner):
     backend = "onnxruntime"
 
-    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None,
+                 fuse_attention: bool = True) -> None:
         super().__init__()
         ort = _ort()
         if device not in PROVIDERS:
@@ -49,7 +50,19 @@ class OnnxRuntimeRunner(Runner):
             raise BackendUnavailableError(
                 f"onnxruntime here has no {wanted[0]} (available: {', '.join(sorted(available))})"
             )
-        self.session = ort.InferenceSession(str(path), session_options(threads), providers=wanted)
+        self.fused_attention = 0
+        source: str | bytes = str(path)
+        if fuse_attention and device in ("cpu", "cuda"):
+            # In memory only: the contrib op exists in onnxruntime alone (see ort_fusion).
+            import onnx
+
+            from .ort_fusion import fuse_attention as fuse
+
+            model = onnx.load(str(path))
+            self.fused_attention = fuse(model)
+            if self.fused_attention:
+                source = model.SerializeToString()
+        self.session = ort.InferenceSession(source, session_options(threads), providers=wanted)
         self.device = device
         self.inputs = [TensorSpec(i.name, tuple(i.shape), i.type) for i in self.session.get_inputs()]
         self.outputs = [TensorSpec(o.name, tuple(o.shape), o.type) for o in self.session.get_outputs()]
