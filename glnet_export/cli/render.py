@@ -22,6 +22,6 @@ def verification_table(report: VerificationReport) -> Table:
         table.add_row("x".join(map(str, r.shape)), f"{r.samples} ({r.photos})", _fmt(r.max_abs, ".2e"),
                       _fmt(r.max_rel, ".2e"), _fmt(r.cosine, ".6f"), _fmt(r.top1, ".0%"), _fmt(r.top5, ".0%"),
                       result)
-    for note in report.notes:
-        table.caption = (table.caption or "") + note
+    if report.notes:
+        table.caption = "\n".join(report.notes)
     return table

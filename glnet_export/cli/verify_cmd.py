@@ -36,7 +36,7 @@ def verify(
     model: Annotated[str | None, typer.Option("--model", "-m", help="Variant [default: from metadata].")] = None,
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", "-c", help="Weights for PyTorch.")] = None,
     use_ema: Annotated[bool, typer.Option("--ema", help="Use the checkpoint's EMA weights.")] = False,
-    precision: Annotated[str | None, typer.Option(help="Ask OpenVINO for fp32|bf16|fp16 [default: its own].")] = None,
+    precision: Annotated[str | None, typer.Option(help="OpenVINO: fp32|bf16|fp16|default.")] = None,
     device: Annotated[str, typer.Option(help="Device of the artifact's back-end.")] = "cpu",
     shapes: Annotated[str | None, typer.Option(help="Shapes to check, e.g. 1x3x224x224,2x3x256x256.")] = None,
     batch: Annotated[int, typer.Option(help="Batch of the first shape checked.")] = 1,
@@ -52,6 +52,8 @@ def verify(
     ref: object = reference
     if reference is None:
         ref = _pytorch_reference(artifact, model, checkpoint, use_ema)
+    if precision in ("default", "auto"):
+        precision = None  # the back-end's own choice (bf16 on CPUs that have it)
     options = VerifyOptions(batch=batch, max_rel=max_rel, min_cosine=min_cosine, min_top1=min_top1,
                             threads=threads, precision=precision, device=device, shapes=parse_shapes(shapes))
     with err.status("verifying") as status:
