@@ -169,6 +169,9 @@ def run(
             check_writable(target)  # before minutes of timing
     to_stdout = json_path is not None and str(json_path) == "-"
     device_info = collect_device_info(threads)
+    if device_info.busy_cpus and device_info.busy_cpus > 0.25:
+        err.print(f"[yellow]WARNING:[/] other processes keep {device_info.busy_cpus:.1f} CPUs busy: timings will be "
+                  "noisy (and multi-threaded PyTorch or CPU runtimes much slower than on an idle machine)")
     benches, failed, progress = [], [], LazyProgress()
     try:
         for path in artifacts:

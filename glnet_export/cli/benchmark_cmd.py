@@ -81,9 +81,11 @@ def benchmark(
     else:
         err.print(f"[bold yellow]WARNING:[/] no --checkpoint given: RANDOM weights of {model} (latency is "
                   "meaningful; accuracy agreement on random logits is a weak check)")
+    device = collect_device_info(threads)
+    if device.busy_cpus and device.busy_cpus > 0.25:
+        err.print(f"[yellow]WARNING:[/] other processes keep {device.busy_cpus:.1f} CPUs busy: timings will be noisy")
     with err.status(f"benchmarking {model}") as status:
         result = run_suite(net, options, checkpoint_sha256=sha256, progress=status.update)
-    device = collect_device_info(threads)
     report = BenchReport("benchmark", device, jsonable(options), result.artifacts,
                          extra={"model": model, "weights": result.weights, "formats": jsonable(result.rows)})
     write_json(to_dict(report), json_path)
