@@ -7,8 +7,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .stats import LatencyStats
-
 
 def make_inputs(shape: tuple[int, ...], buffers: int = 4, seed: int = 0) -> list[np.ndarray]:
     """Several different input buffers, so the same bytes never sit hot in cache every run."""
@@ -31,26 +29,3 @@ def time_runs(fn: Callable[[np.ndarray], object], inputs: Sequence[np.ndarray], 
         fn(x)
         warm.append((time.perf_counter() - start) * 1e3)
     return cold, warm
-
-
-def interleaved(fns: dict[str, Callable[[np.ndarray], object]], inputs: Sequence[np.ndarray], rounds: int,
-                per_round: int = 1, warmup: int = 2) -> dict[str, LatencyStats]:
-    """Time several candidates in alternation (A B A B ...), so that load from other
-    processes on a shared machine hits them alike and their ratio stays meaningful."""
-    batch = int(inputs[0].shape[0])
-    colds: dict[str, float] = {}
-    warm: dict[str, list[float]] = {name: [] for name in fns}
-    for name, fn in fns.items():
-        start = time.perf_counter()
-        fn(inputs[0])
-        colds[name] = (time.perf_counter() - start) * 1e3
-        for i in range(warmup):
-            fn(inputs[i % len(inputs)])
-    for r in range(rounds):
-        for name, fn in fns.items():
-            for i in range(per_round):
-                x = inputs[(r * per_round + i) % len(inputs)]
-                start = time.perf_counter()
-                fn(x)
-                warm[name].append((time.perf_counter() - start) * 1e3)
-    return {name: LatencyStats.from_timings(warm[name], colds[name], batch) for name in fns}
