@@ -7,12 +7,16 @@ from its initial value, deterministically, so that equivalence checks mean somet
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
 from torch import nn
 
+M = TypeVar("M", bound=nn.Module)
+
 
 @torch.no_grad()
-def perturb_weights_(model: nn.Module, seed: int = 0) -> nn.Module:
+def perturb_weights_(model: M, seed: int = 0) -> M:
     gen = torch.Generator().manual_seed(seed)
 
     def rand(shape: torch.Size, scale: float = 1.0, offset: float = 0.0) -> torch.Tensor:

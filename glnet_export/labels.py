@@ -12,7 +12,7 @@ from .metadata import IMAGENET_LABELS
 def imagenet1k_labels() -> tuple[str, ...]:
     """The 1000 ImageNet-1k class names, index order (first synonym of each class)."""
     text = resources.files("glnet_export").joinpath("data/imagenet1k_classes.tsv").read_text(encoding="utf-8")
-    names = []
+    names: list[str] = []
     for line in text.splitlines()[1:]:
         index, _synset, label = line.split("\t")
         assert int(index) == len(names), "class file out of order"
