@@ -1,0 +1,90 @@
+"""`glnet-export verify` and `predict` through the command line, on a tiny export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import glnet
+from export.onnx import OnnxExportOptions, export_onnx
+from glnet.checkpoint import checkpoint_sha256
+from glnet.testing import perturb_weights_
+from glnet_export.cli import app
+from glnet_export.photos import sample_photo_paths
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("cli")
+    model = perturb_weights_(glnet.create_model("glnet_tiny"), seed=7)
+    ckpt = folder / "tiny.pth"
+    torch.save({"model": model.state_dict()}, ckpt)
+    other = folder / "other.pth"
+    torch.save({"model": perturb_weights_(glnet.create_model("glnet_tiny"), seed=8).state_dict()}, other)
+    with_ckpt = folder / "tiny.onnx"
+    export_onnx(model, with_ckpt, OnnxExportOptions(dynamic="shape", input_size=(96, 96)),
+                checkpoint_sha256=checkpoint_sha256(ckpt))
+    random = folder / "random.onnx"
+    export_onnx(model, random, OnnxExportOptions(input_size=(96, 96)))
+    return {"ckpt": ckpt, "other": other, "onnx": with_ckpt, "random": random}
+
+
+def _cli(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_verify_against_the_checkpoint_passes_at_chosen_shapes(artifacts: dict[str, Path]) -> None:
+    code, stdout, stderr = _cli("verify", str(artifacts["onnx"]), "--checkpoint", str(artifacts["ckpt"]),
+                                "--shapes", "1x3x96x96,2x3x77x131", "--json", "-")
+    assert code == 0, stderr
+    report = json.loads(stdout)
+    assert report["passed"] is True
+    assert [r["shape"] for r in report["results"]] == [[1, 3, 96, 96], [2, 3, 77, 131]]
+    assert all(r["max_rel"] < 1e-4 for r in report["results"])
+
+
+def test_verify_refuses_a_different_checkpoint(artifacts: dict[str, Path]) -> None:
+    code, _, stderr = _cli("verify", str(artifacts["onnx"]), "--checkpoint", str(artifacts["other"]))
+    assert code == 1 and "is not the checkpoint" in stderr and "Traceback" not in stderr
+
+
+def test_verify_refuses_to_rebuild_random_weights(artifacts: dict[str, Path]) -> None:
+    code, _, stderr = _cli("verify", str(artifacts["random"]))
+    assert code == 1 and "random weights" in stderr
+
+
+def test_verify_compares_two_artifacts(artifacts: dict[str, Path]) -> None:
+    # The same weights exported twice (one records no checkpoint): the pair must agree.
+    code, _, stderr = _cli("verify", str(artifacts["random"]), str(artifacts["onnx"]))
+    assert code == 0, stderr
+
+
+def test_verify_bad_shape_option(artifacts: dict[str, Path]) -> None:
+    code, _, stderr = _cli("verify", str(artifacts["onnx"]), "--checkpoint", str(artifacts["ckpt"]),
+                           "--shapes", "1x4x96x96")
+    assert code == 1 and "Nx3xHxW" in stderr
+
+
+def test_predict_prints_sorted_top_k(artifacts: dict[str, Path]) -> None:
+    photos = [str(p) for p in sample_photo_paths(2)]
+    code, stdout, stderr = _cli("predict", str(artifacts["onnx"]), *photos, "-k", "3", "--json", "-")
+    assert code == 0, stderr
+    predictions = json.loads(stdout)
+    assert [p["image"] for p in predictions] == photos
+    for p in predictions:
+        probs = [c["probability"] for c in p["top"]]
+        assert len(probs) == 3 and probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
+        assert all(isinstance(c["label"], str) and c["label"] for c in p["top"])
+
+
+def test_predict_unreadable_image_is_one_line(artifacts: dict[str, Path], tmp_path: Path) -> None:
+    bad = tmp_path / "not_an_image.jpg"
+    bad.write_text("hello")
+    code, stdout, stderr = _cli("predict", str(artifacts["onnx"]), str(bad))
+    assert code == 1 and "not a readable image" in stderr
+    assert len([ln for ln in stderr.splitlines() if ln.startswith("Error:")]) == 1
