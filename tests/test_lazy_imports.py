@@ -1,0 +1,48 @@
+"""The lazy-import promise, checked rather than hoped: importing the packages and the CLI
+pulls in no heavy or optional back-end, and every submodule imports without them running."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ["torch", "onnx", "onnxruntime", "onnxsim", "openvino", "nncf", "tensorrt", "ray", "tritonclient",
+         "matplotlib", "sklearn", "skimage"]
+PACKAGES = ["glnet", "glnet_export", "export", "runtimes", "bench", "serving"]
+
+
+def test_cli_and_packages_import_no_heavy_module() -> None:
+    code = (
+        "import sys, runtimes, export, bench, serving, glnet_export.cli\n"
+        f"print([m for m in {HEAVY!r} if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", f"imported eagerly: {out.strip()}"
+
+
+OPTIONAL = ["openvino", "nncf", "tensorrt", "ray", "tritonclient", "matplotlib"]
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_every_submodule_imports_without_the_optional_back_ends(package: str) -> None:
+    # A None entry in sys.modules makes `import openvino` raise ImportError, as on a
+    # machine without it. Every module must still import (back-ends load inside functions),
+    # except a module that *is* an optional application (serving.ray_app), which may refuse
+    # with the one-line install hint, never with a bare ImportError.
+    code = (
+        "import importlib, pkgutil, sys\n"
+        f"for m in {OPTIONAL!r}: sys.modules[m] = None\n"
+        "from runtimes.base import BackendUnavailableError\n"
+        f"pkg = importlib.import_module({package!r})\n"
+        "names = [i.name for i in pkgutil.walk_packages(pkg.__path__, prefix=pkg.__name__ + '.')]\n"
+        "for name in names:\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except BackendUnavailableError as exc:\n"
+        "        assert 'pip install' in str(exc), (name, str(exc))\n"
+        "print(len(names))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr.strip().splitlines()[-1:]
