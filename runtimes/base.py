@@ -42,6 +42,9 @@ class Runner(ABC):
     """A loaded artifact that maps a N x 3 x H x W float32 array to its output."""
 
     backend: str = "base"
+    # True when `infer`/`infer_all` may be called from several threads at once; otherwise
+    # callers serialise (the Predictor wraps such runners in a lock).
+    thread_safe: bool = False
 
     def __init__(self) -> None:
         self.inputs: list[TensorSpec] = []

@@ -37,6 +37,7 @@ def session_options(threads: int | None = None):  # type: ignore[no-untyped-def]
 
 class OnnxRuntimeRunner(Runner):
     backend = "onnxruntime"
+    thread_safe = True  # InferenceSession.run is documented thread-safe
 
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None,
                  fuse_attention: bool = True) -> None:

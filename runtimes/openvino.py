@@ -9,6 +9,8 @@ combines that with what the IR stores (fp16-compressed weights, int8 FakeQuantiz
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any
@@ -90,6 +92,9 @@ class OpenVinoRunner(Runner):
     """
 
     backend = "openvino"
+    # One InferRequest serves one call at a time: each concurrent caller borrows its own
+    # from a pool (a CompiledModel may be shared by threads); the per-shape path locks.
+    thread_safe = True
 
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None,
                  precision: str | None = None, **config: Any) -> None:
@@ -132,7 +137,9 @@ class OpenVinoRunner(Runner):
         batch_names = ("batch", 3, "height", "width")
         self.inputs = [_spec(p, batch_names) for p in self.compiled.inputs]  # type: ignore[arg-type]
         self.outputs = [_spec(p, ("batch",)) for p in self.compiled.outputs]
-        self._request = self.compiled.create_infer_request()
+        self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._idle.put(self.compiled.create_infer_request())
+        self._static_lock = threading.Lock()
         # OpenVINO's CPU plugin segfaults inside its JIT kernels when an int8 model with a
         # dynamic input runs at small sizes on AMX CPUs (openvino issue #37577; seen here
         # with batch <= 8 at 32 x 32; static int8 is fine). So such a model is compiled
@@ -180,22 +187,36 @@ class OpenVinoRunner(Runner):
             self._static.popitem(last=False)
         return request
 
-    def _run(self, x: np.ndarray) -> Any:
-        request = self._static_request(x.shape) if self.per_shape else self._request
-        request.infer({0: x})
-        return request
+    def _run(self, x: np.ndarray, names: list[int]) -> list[np.ndarray]:
+        """Outputs `names` (indices) of one call; copies, as a request reuses its buffers."""
+        if self.per_shape:
+            with self._static_lock:
+                request = self._static_request(x.shape)
+                request.infer({0: x})
+                return [request.get_output_tensor(i).data.copy() for i in names]
+        try:
+            request = self._idle.get_nowait()
+        except queue.Empty:
+            request = self.compiled.create_infer_request()
+        try:
+            request.infer({0: x})
+            return [request.get_output_tensor(i).data.copy() for i in names]
+        finally:
+            self._idle.put(request)
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
-        return self._run(x).get_output_tensor(0).data.copy()
+        return self._run(x, [0])[0]
 
     def _infer_all(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        request = self._run(x)
-        # copy(): the request's output buffers are reused by the next call.
-        return {spec.name: request.get_output_tensor(i).data.copy() for i, spec in enumerate(self.outputs)}
+        values = self._run(x, list(range(len(self.outputs))))
+        return {spec.name: value for spec, value in zip(self.outputs, values, strict=True)}
 
     def _close(self) -> None:
         self._static.clear()
-        del self._request, self.compiled, self._model
+        # The requests hold the compiled model: drop them so that closing frees it.
+        while not self._idle.empty():
+            self._idle.get_nowait()
+        del self.compiled, self._model
 
 
 def _first_line(exc: BaseException) -> str:

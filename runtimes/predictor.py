@@ -7,22 +7,21 @@ metadata the exporter stored in it. So an application needs no knowledge of GLNe
     with Predictor("glnet_4g.onnx") as p:
         p.predict("cat.jpg").top[0].label        # or a PIL image, an H x W x 3 uint8 array, a list
 
-One Predictor may be called from many threads at once. How depends on the back-end:
-onnxruntime's `InferenceSession.run` is thread-safe, so calls go straight through;
-OpenVINO infer requests are not, so each call borrows one from a pool (one request per
-concurrent caller, all on one compiled model); anything else (TensorRT: one execution
-context and one stream) runs one call at a time under a lock.
+One Predictor may be called from many threads at once. Runners that say they are
+`thread_safe` are called directly (onnxruntime's `InferenceSession.run` is thread-safe;
+the OpenVINO runner lends each concurrent call its own infer request from a pool);
+anything else (TensorRT: one execution context and one stream) runs one call at a time
+under a lock.
 """
 
 from __future__ import annotations
 
 import math
-import queue
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 import numpy as np
 from PIL import Image
@@ -34,7 +33,7 @@ from glnet_export.prediction import ClassScore, Prediction, softmax
 from glnet_export.preprocess import ImageError, preprocess
 from glnet_export.preprocess import load_image as read_image
 
-from .base import Runner, RuntimeInputError
+from .base import Runner
 
 ImageInput: TypeAlias = str | Path | Image.Image | np.ndarray
 Outputs = dict[str, np.ndarray]
@@ -121,8 +120,6 @@ class Predictor:
         return self._call(batch)
 
     def close(self) -> None:
-        if isinstance(self._call, _RequestPool):
-            self._call.close()
         self.runner.close()
 
     def __enter__(self) -> Predictor:
@@ -173,13 +170,10 @@ class Predictor:
 
     def _executor(self) -> Callable[[np.ndarray], Outputs]:
         runner = self.runner
-        if runner.backend == "onnxruntime":
-            return runner.infer_all  # InferenceSession.run is documented thread-safe
-        compiled = getattr(runner, "compiled", None)
-        if runner.backend == "openvino" and compiled is not None and not getattr(runner, "per_shape", False):
-            return _RequestPool(runner, compiled)
-        # One TensorRT execution context (and an OpenVINO runner that compiles per shape)
-        # must not run two calls at once; the GPU would serialise them anyway.
+        if runner.thread_safe:  # onnxruntime's shared session, OpenVINO's request pool
+            return runner.infer_all
+        # One TensorRT execution context must not run two calls at once; the GPU would
+        # serialise them anyway.
         lock = threading.Lock()
 
         def locked(x: np.ndarray) -> Outputs:
@@ -187,41 +181,6 @@ class Predictor:
                 return runner.infer_all(x)
 
         return locked
-
-
-class _RequestPool:
-    """OpenVINO: an infer request per concurrent caller, made on demand and reused.
-
-    A CompiledModel may be shared by threads and `create_infer_request` is thread-safe;
-    one InferRequest must serve one call at a time, which the queue guarantees.
-    """
-
-    def __init__(self, runner: Runner, compiled: Any) -> None:
-        self.runner = runner
-        self.compiled = compiled
-        self.idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
-
-    def __call__(self, x: np.ndarray) -> Outputs:
-        if self.runner._closed:
-            raise RuntimeInputError("openvino runner is closed")
-        self.runner._check_input(x)  # the same checks as Runner.infer
-        try:
-            request = self.idle.get_nowait()
-        except queue.Empty:
-            request = self.compiled.create_infer_request()
-        try:
-            request.infer({0: np.ascontiguousarray(x)})
-            # copy(): the request's output buffers are reused by its next call.
-            return {spec.name: request.get_output_tensor(i).data.copy()
-                    for i, spec in enumerate(self.runner.outputs)}
-        finally:
-            self.idle.put(request)
-
-    def close(self) -> None:
-        # The requests hold the compiled model: drop them so that closing frees it.
-        while not self.idle.empty():
-            self.idle.get_nowait()
-        self.compiled = None
 
 
 def _as_list(images: ImageInput | Sequence[ImageInput]) -> tuple[bool, list[ImageInput]]:

@@ -185,7 +185,7 @@ def test_openvino_predictor_pools_requests_across_threads(artifact: Path, small_
         results, errors = _hammer(ov, small_arrays, calls=20)
         reference = ort.predict(small_arrays[0])
         first = ov.predict(small_arrays[0])
-        pool_size = ov._call.idle.qsize()  # type: ignore[attr-defined]
+        pool_size = ov.runner._idle.qsize()  # type: ignore[attr-defined]
     assert not errors, errors[:3]
     _assert_same(results, expected)
     assert 1 <= pool_size <= 8, "at most one infer request per concurrent caller"
