@@ -37,7 +37,7 @@ from runtimes.torch import TorchRunner
 from .atomic import atomic_outputs, check_writable
 from .onnx import MIN_SIDE, OnnxExportOptions
 from .openvino_int8 import count_fake_quantize, quantize_int8
-from .verify import VerifyError, VerifyOptions, _check_compatible
+from .verify import VerifyError, VerifyOptions, check_compatible
 
 PRECISIONS = ("fp32", "fp16", "int8")
 Progress = Callable[[str], None]
@@ -261,7 +261,7 @@ def verify_openvino(
     with cand, _reference(reference, options.threads) as ref_runner:
         if cand.metadata is None:
             raise VerifyError(f"{xml}: no glnet-export metadata in its rt_info, cannot tell how to feed it")
-        _check_compatible(ref_runner, cand)
+        check_compatible(ref_runner, cand)
         meta = dataclasses.replace(cand.metadata, precision=cand.precision)
         fixed_batch = cand.inputs[0].shape[0]
         batch = fixed_batch if isinstance(fixed_batch, int) else options.batch

@@ -73,7 +73,7 @@ def verify_artifact(
         else:
             ref_runner = runtimes.load(reference, threads=options.threads, precision="fp32")
         with ref_runner:
-            _check_compatible(ref_runner, candidate)
+            check_compatible(ref_runner, candidate)
 
             def on_shape(shape: tuple[int, int, int, int]) -> None:
                 if progress:
@@ -90,7 +90,7 @@ def verify_artifact(
     return report
 
 
-def _check_compatible(reference: Runner, candidate: Runner) -> None:
+def check_compatible(reference: Runner, candidate: Runner) -> None:
     ref, cand = reference.metadata, candidate.metadata
     if ref is None or cand is None:
         return
