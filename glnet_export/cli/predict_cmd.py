@@ -22,9 +22,11 @@ def predict(
     json_path: Annotated[Path | None, typer.Option("--json", help="Write predictions as JSON ('-': stdout).")] = None,
 ) -> None:
     """Classify images with an exported artifact."""
-    from glnet_export.prediction import predict_images
+    from runtimes.predictor import Predictor
 
-    predictions = predict_images(artifact, images, top_k=top_k, device=device, precision=precision)
+    with Predictor(artifact, device, precision=precision, top_k=top_k) as predictor:
+        result = predictor.predict([str(image) for image in images])  # a list in, a list out
+        predictions = result if isinstance(result, list) else [result]
     write_json(predictions, json_path)
     if json_path is not None and str(json_path) == "-":
         return
