@@ -24,6 +24,7 @@ from glnet.model import GLNet
 from glnet_export.errors import OptionError
 from glnet_export.metadata import ArtifactMetadata
 from runtimes.base import Runner, TensorSpec
+from runtimes.torch import inference
 
 STAGE_OUTPUTS = ("stage1", "stage2", "stage3", "stage4")
 STRIDES = (4, 8, 16, 32)
@@ -129,14 +130,8 @@ class FeaturesTorchRunner(Runner):
         self.outputs = [TensorSpec(n, ("batch", None, None, None), "float32") for n in names]
 
     def _infer_all(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        previous = torch.get_num_threads()
-        if self.threads:
-            torch.set_num_threads(self.threads)
-        try:
-            with torch.inference_mode():
-                results = self.module(torch.from_numpy(x))
-        finally:
-            torch.set_num_threads(previous)
+        with inference(self.threads):
+            results = self.module(torch.from_numpy(x))
         return {spec.name: t.numpy() for spec, t in zip(self.outputs, results, strict=True)}
 
     def _infer(self, x: np.ndarray) -> np.ndarray:

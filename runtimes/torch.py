@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,19 @@ from glnet.model import GLNet
 from glnet_export.metadata import ArtifactMetadata
 
 from .base import Runner, TensorSpec
+
+
+@contextlib.contextmanager
+def inference(threads: int | None) -> Iterator[None]:
+    """Inference mode with `threads` intra-op threads, restoring the caller's count after."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 class TorchRunner(Runner):
@@ -30,11 +45,5 @@ class TorchRunner(Runner):
         self.outputs = [TensorSpec("logits", ("batch", model.num_classes), "float32")]
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
-        previous = torch.get_num_threads()
-        if self.threads:
-            torch.set_num_threads(self.threads)
-        try:
-            with torch.inference_mode():
-                return self.model(torch.from_numpy(x)).numpy()
-        finally:
-            torch.set_num_threads(previous)
+        with inference(self.threads):
+            return self.model(torch.from_numpy(x)).numpy()
