@@ -82,21 +82,13 @@ def profile_layers(path: str | Path, shape: tuple[int, ...], runs: int = 10, thr
 
 def profile_onnxruntime(path: Path, shape: tuple[int, ...], runs: int, threads: int | None,
                         device: str) -> LayerProfile:
-    from runtimes.onnxruntime import PROVIDERS, _ort, session_options
+    from runtimes.onnxruntime import PROVIDERS, _ort, session_options, session_source
 
     ort = _ort()
     opts = session_options(threads)
     opts.enable_profiling = True
     inputs = make_inputs(shape, buffers=2)
-    source: str | bytes = str(path)
-    if device in ("cpu", "cuda"):  # the graph the runner runs: attention fused in memory (runtimes.ort_fusion)
-        import onnx
-
-        from runtimes.ort_fusion import fuse_attention
-
-        model = onnx.load(str(path))
-        if fuse_attention(model):
-            source = model.SerializeToString()
+    source, _ = session_source(path, device)  # the graph the runner runs: attention fused in memory
     with tempfile.TemporaryDirectory(prefix="glnet-profile-") as tmp:
         opts.profile_file_prefix = str(Path(tmp) / "ort")
         session = ort.InferenceSession(source, opts, providers=PROVIDERS.get(device, PROVIDERS["cpu"]))

@@ -35,6 +35,23 @@ def session_options(threads: int | None = None):  # type: ignore[no-untyped-def]
     return opts
 
 
+def session_source(path: str | Path, device: str = "cpu", fuse_attention: bool = True) -> tuple[str | bytes, int]:
+    """What to hand `InferenceSession` for `path`, and how many attentions were fused.
+
+    The fusion happens in memory only: the contrib op exists in onnxruntime alone (see
+    `ort_fusion`), so the file on disk stays standard ONNX for TensorRT and OpenVINO.
+    """
+    if not fuse_attention or device not in ("cpu", "cuda"):
+        return str(path), 0
+    import onnx
+
+    from .ort_fusion import fuse_attention as fuse
+
+    model = onnx.load(str(path))
+    fused = fuse(model)
+    return (model.SerializeToString(), fused) if fused else (str(path), 0)
+
+
 class OnnxRuntimeRunner(Runner):
     backend = "onnxruntime"
     thread_safe = True  # InferenceSession.run is documented thread-safe
@@ -51,18 +68,7 @@ class OnnxRuntimeRunner(Runner):
             raise BackendUnavailableError(
                 f"onnxruntime here has no {wanted[0]} (available: {', '.join(sorted(available))})"
             )
-        self.fused_attention = 0
-        source: str | bytes = str(path)
-        if fuse_attention and device in ("cpu", "cuda"):
-            # In memory only: the contrib op exists in onnxruntime alone (see ort_fusion).
-            import onnx
-
-            from .ort_fusion import fuse_attention as fuse
-
-            model = onnx.load(str(path))
-            self.fused_attention = fuse(model)
-            if self.fused_attention:
-                source = model.SerializeToString()
+        source, self.fused_attention = session_source(path, device, fuse_attention)
         self.session = ort.InferenceSession(source, session_options(threads), providers=wanted)
         self.device = device
         self.inputs = [TensorSpec(i.name, tuple(i.shape), i.type) for i in self.session.get_inputs()]
