@@ -8,10 +8,8 @@ machine, or from an older glnet-export of the same schema major version, compare
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
-import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 
 from export.atomic import atomic_outputs
 from glnet_export.errors import GlnetExportError
+from glnet_export.jsonable import jsonable
 
 from .runner import ArtifactBench
 from .sysinfo import DeviceInfo, device_from_dict
@@ -50,21 +49,6 @@ class BenchReport:
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema: str = SCHEMA
     schema_version: int = SCHEMA_VERSION
-
-
-def jsonable(value: Any) -> Any:
-    """Dataclasses, tuples and paths as JSON values; NaN and infinity (no such thing in JSON) as null."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def to_dict(report: BenchReport) -> dict[str, Any]:

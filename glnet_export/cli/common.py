@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
-import math
 import os
 import sys
 from collections.abc import Callable
@@ -17,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from glnet_export.errors import GlnetExportError, one_line
+from glnet_export.jsonable import jsonable
 
 # Results go to stdout (so `--json -` and pipes stay clean); progress and errors to stderr.
 # Not on a terminal (CI logs, pipes) rich would wrap tables at 80 columns; 120 keeps rows whole.
@@ -69,29 +68,11 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def to_jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-        data = {k: to_jsonable(v) for k, v in fields.items()}
-        if hasattr(value, "passed"):
-            data["passed"] = value.passed
-        return data
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # JSON has no NaN or infinity
-    return value
-
-
 def write_json(data: Any, target: Path | None) -> None:
     """Write `data` as JSON to a file, or to stdout when the target is '-'."""
     if target is None:
         return
-    text = json.dumps(to_jsonable(data), indent=2) + "\n"
+    text = json.dumps(jsonable(data), indent=2) + "\n"
     if str(target) == "-":
         sys.stdout.write(text)
         return
