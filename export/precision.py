@@ -13,6 +13,8 @@ can pass fp16's 65504, and TensorRT's ONNX parser computes ReduceL2 as a sum of 
 in the tensor's own type. For int8 the clustering and dispatching MatMuls, which take
 the slot softmaxes, stay unquantized too, as a precaution: per-tensor int8 leaves few
 levels for assignment probabilities of about 1/HW (random weights show no difference).
+Before any of this, the deploy form's spelled-out channel LayerNorms are fused back into
+LayerNormalization nodes (`export.layer_norm`), the form TensorRT has a kernel for.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from glnet_export.errors import ExportError, OptionError, one_line
 from glnet_export.metadata import ArtifactMetadata, MetadataError
 
 from .atomic import atomic_outputs, check_writable
+from .layer_norm import fuse_channel_layer_norms
 
 PRECISIONS = ("fp32", "fp16", "int8")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
@@ -218,12 +221,11 @@ def calibration_samples(source: Path | Sequence[Path], meta: ArtifactMetadata, l
     return [preprocess(p, meta) for p in list(source)[:limit]]
 
 
-def to_int8_qdq(source: Path, output: Path, samples: Sequence[np.ndarray], exclude: Iterable[str],
+def to_int8_qdq(model: onnx.ModelProto, output: Path, samples: Sequence[np.ndarray], exclude: Iterable[str],
                 method: str = "minmax") -> None:
     """Q/DQ int8 for TensorRT: symmetric, per-channel weights, float biases, Conv/MatMul/Gemm."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    model = onnx.load(source)
     batch = model.graph.input[0].type.tensor_type.shape.dim[0].dim_value or 1
     if len(samples) < batch:
         raise OptionError(f"the input has a fixed batch of {batch}: give at least {batch} calibration images")
@@ -276,6 +278,9 @@ def write_precision_onnx(source: str | Path, output: str | Path | None = None,
     notes: list[str] = []
     model = onnx.load(source)
     props = {p.key: p.value for p in model.metadata_props}
+    fused = fuse_channel_layer_norms(model)
+    if fused:
+        notes.append(f"{fused} spelled-out channel LayerNorms fused back into LayerNormalization nodes")
     keep = sensitive_nodes(model, include_slot_matmuls=options.precision == "int8") + list(options.keep_fp32)
     if not keep:
         notes.append("no GLMix logits MatMul found: nothing is kept in fp32")
@@ -290,7 +295,7 @@ def write_precision_onnx(source: str | Path, output: str | Path | None = None,
             raise ExportError(f"{source}: {exc}; cannot tell how to preprocess calibration images") from None
         samples = calibration_samples(options.calibration, meta, options.calib_samples)
         with atomic_outputs(output) as (temp,):
-            to_int8_qdq(source, temp, samples, keep, options.calib_method)
+            to_int8_qdq(model, temp, samples, keep, options.calib_method)
             model = onnx.load(temp)
     _set_metadata(model, options.precision, notes)
     model.doc_string = (model.doc_string + f" ({options.precision}: {len(keep)} nodes kept fp32)").strip()

@@ -64,7 +64,10 @@ class GLMixBlock(nn.Module):
         self.last_slots: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self._glmix_deploy(x) if self.deploy else self._glmix_reference(x)
+        if self.deploy:
+            x = self._glmix_deploy(x)
+            return x + self.ls2(self.mlp(self.norm2.in_place_layout(x)))
+        x = self._glmix_reference(x)
         return x + self.ls2(self.mlp(self.norm2(x)))
 
     def _glmix_reference(self, x: Tensor) -> Tensor:
@@ -88,10 +91,10 @@ class GLMixBlock(nn.Module):
         return x + self.ls1(out)
 
     def _glmix_deploy(self, x: Tensor) -> Tensor:
-        # Same math, arranged for ONNX runtimes. norm1 runs channels-last: its B x HW x C
-        # tokens feed the slot matmuls directly, and the feature convs get them through one
-        # transpose that onnxruntime folds into its NCHWc reorder. tau is applied to the 64
-        # slots rather than the HW pixels: (a . tau b) = (tau a) . b. The two softmaxes stay
+        # Same math, arranged for ONNX runtimes: everything stays B x C x (H W), so the
+        # graph has no transposes of the pixel map (norm1 is spelled out over the channel
+        # axis; the slot matmuls take the map as it is). tau is applied to the 64 slots
+        # rather than the HW pixels: (a . tau b) = (tau a) . b. The two softmaxes stay
         # Softmax nodes: the fp16 and int8 converters find GLMix's sensitive ops by them.
         s0: Tensor
         if self.init_slots is not None:
@@ -100,17 +103,17 @@ class GLMixBlock(nn.Module):
             s0 = pool_8x8(x).flatten(2).transpose(1, 2)  # B x 64 x C
         if self.pos_conv is not None:
             x = x + self.pos_conv(x)
-        y = self.norm1.channels_last(x)  # B x H x W x C
-        yt = y.reshape(y.shape[0], -1, y.shape[3])  # B x HW x C
+        y = self.norm1.in_place_layout(x)  # B x C x H x W
+        yc = y.reshape(y.shape[0], y.shape[1], -1)  # B x C x HW
         query = l2_normalize(s0, dim=-1) * self.slot_scale
-        logits = query @ l2_normalize(yt.transpose(1, 2), dim=1)  # B x 64 x HW
-        slots = logits.softmax(dim=-1) @ yt  # clustering: B x 64 x C
+        logits = query @ l2_normalize(yc, dim=1)  # B x 64 x HW
+        slots = logits.softmax(dim=-1) @ yc.transpose(1, 2)  # clustering: B x 64 x C
         slots = attention(slots, self.relation_mha)
         dispatch = logits.softmax(dim=1)  # B x 64 x HW
         if self.record_slots:
             self.last_slots = dispatch.reshape(x.shape[0], -1, x.shape[2], x.shape[3])
         out = slots.transpose(1, 2) @ dispatch  # dispatching: B x C x HW
-        out = out.reshape(x.shape) + self.feature_conv(y.permute(0, 3, 1, 2))
+        out = out.reshape(x.shape) + self.feature_conv(y)
         return x + self.ls1(out)
 
 

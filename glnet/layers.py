@@ -27,9 +27,19 @@ class LayerNorm2d(nn.LayerNorm):
         x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         return x.permute(0, 3, 1, 2)
 
-    def channels_last(self, x: Tensor) -> Tensor:
-        """The same normalisation of an NCHW map, returned as B x H x W x C."""
-        return F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+    def in_place_layout(self, x: Tensor) -> Tensor:
+        """The same normalisation spelled out over axis 1 of the NCHW map: no transposes.
+
+        The deploy form uses it. OpenVINO keeps the whole GLMix block in its own blocked
+        layout this way; the two transposes around a LayerNormalization node cost it about
+        10% of glnet_4g's latency (bench/README), and onnxruntime runs either as fast.
+        The fp16 converter keeps these nodes in fp32 (export.precision): the squared
+        deviations of the residual stream can pass fp16's range.
+        """
+        mean = x.mean(dim=1, keepdim=True)
+        dev = x - mean
+        var = (dev * dev).mean(dim=1, keepdim=True)
+        return dev / torch.sqrt(var + self.eps) * self.weight[:, None, None] + self.bias[:, None, None]
 
 
 class LayerScale(nn.Module):

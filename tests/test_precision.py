@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 import glnet
 import runtimes
+from export.layer_norm import fuse_channel_layer_norms
 from export.onnx import OnnxExportOptions, _quiet_exporter, export_onnx
 from export.precision import PrecisionOptions, sensitive_nodes, to_fp16, write_precision_onnx
 from export.verify import VerifyOptions, verify_artifact
@@ -54,6 +55,25 @@ def test_sensitive_nodes_are_the_glmix_norms_softmaxes_and_logits(tiny) -> None:
     assert len(all_softmax) > 6, "the attention softmaxes are not GLMix slot softmaxes and may run in fp16"
     with_slots = set(sensitive_nodes(model, include_slot_matmuls=True))
     assert len(with_slots - keep) == 6  # clustering and dispatching MatMuls, unquantized in int8
+
+
+def test_channel_layer_norms_fuse_back_into_layer_normalization(tiny) -> None:  # type: ignore[no-untyped-def]
+    """The deploy form spells GLMix's channel LayerNorms out (faster in OpenVINO); the
+    precision ONNX for TensorRT gets LayerNormalization nodes back, computing the same."""
+    model = onnx.load(tiny[1])
+    before = [n.op_type for n in model.graph.node]
+    assert before.count("LayerNormalization") == 4  # the 2 grid MHSA blocks' token norms only
+    assert fuse_channel_layer_norms(model) == 6  # 3 GLMix blocks x norm1, norm2
+    after = [n.op_type for n in model.graph.node]
+    assert after.count("LayerNormalization") == 10 and after.count("Sqrt") == 0
+    assert after.count("ReduceMean") == 1  # the global average pool before the head
+    onnx.checker.check_model(model, full_check=True)
+    fused = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    plain = ort.InferenceSession(str(tiny[1]), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).normal(size=(2, 3, 224, 224)).astype(np.float32)
+    a, b = fused.run(None, {"input": x})[0], plain.run(None, {"input": x})[0]
+    assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max()
+    assert fuse_channel_layer_norms(model) == 0  # nothing left to fuse
 
 
 def test_fp16_keeps_norms_softmaxes_and_logits_matmul_in_fp32(tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -143,7 +163,9 @@ def test_fp16_l2_norm_overflows_unless_kept_in_fp32() -> None:
         program = torch.onnx.export(block, (torch.randn(1, 32, 16, 16),), None, input_names=["x"], output_names=["y"],
                                     opset_version=20, dynamo=True)
     assert program is not None
-    lowered = _lower_reduce_l2(program.model_proto)
+    lowered = program.model_proto
+    assert fuse_channel_layer_norms(lowered) == 2  # as write_precision_onnx does
+    lowered = _lower_reduce_l2(lowered)
     keep = sensitive_nodes(lowered) + [n.name for n in lowered.graph.node if n.name.endswith("_sqrt")]
     naive, mixed = to_fp16(lowered, []), to_fp16(lowered, keep)
     # onnxruntime's CPU runs fp16 ops that have no fp16 kernel in fp32 and skips the cast in
