@@ -28,7 +28,7 @@ _OV_FLOAT = {"f32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16
 # From finest to coarsest: the precision reported is the coarsest one that is involved.
 _ORDER = ("fp32", "fp16", "bf16", "int8")
 # Compiled-layer types that do arithmetic; reorders, reshapes and constants say nothing.
-_STATIC_CACHE = 4  # compiled shapes kept by a per-shape (int8 + dynamic) runner
+_STATIC_CACHE = 8  # compiled input shapes a per-shape runner keeps (least recently used go)
 _COMPUTE_LAYERS = frozenset({"Convolution", "FullyConnected", "MatMul", "Softmax", "MVN", "RMS", "Eltwise",
                              "Subgraph", "Reduce", "ScaledDotProductAttention", "Interpolate"})
 
@@ -82,8 +82,34 @@ def _spec(port: Any, names: tuple[str, ...]) -> TensorSpec:
     return TensorSpec(port.get_any_name(), tuple(dims), port.get_element_type().to_dtype().name)
 
 
+class _Compiled:
+    """One compiled model and its idle infer requests (one request serves one call at a time)."""
+
+    def __init__(self, compiled: Any) -> None:
+        self.compiled = compiled
+        self.idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def run(self, x: np.ndarray, outputs: list[int]) -> list[np.ndarray]:
+        """Outputs (indices) of one call; copies, as a request reuses its buffers."""
+        try:
+            request = self.idle.get_nowait()
+        except queue.Empty:
+            request = self.compiled.create_infer_request()
+        try:
+            request.infer({0: x})
+            return [request.get_output_tensor(i).data.copy() for i in outputs]
+        finally:
+            self.idle.put(request)
+
+
 class OpenVinoRunner(Runner):
-    """One compiled model and one infer request; a dynamic IR takes any shape per call.
+    """An IR compiled for the input shapes it meets; a dynamic IR takes any shape per call.
+
+    A dynamic IR is compiled static for each input shape (`static_shapes`, the default):
+    the CPU plugin's dynamic-shape path re-infers every node's shape on every call and
+    keeps more layout conversions, which costs glnet_4g 15-20% of its latency at batch 1
+    (bench/README). A new shape costs one compile (about 1.5 s for glnet_4g); the last
+    few shapes stay compiled. `static_shapes=False` compiles the dynamic IR once.
 
     Attributes beyond `Runner`: `requested_precision` (what was asked, None = the
     plugin's default), `float_precision` (what the float layers run in), `weights_precision`
@@ -93,11 +119,11 @@ class OpenVinoRunner(Runner):
 
     backend = "openvino"
     # One InferRequest serves one call at a time: each concurrent caller borrows its own
-    # from a pool (a CompiledModel may be shared by threads); the per-shape path locks.
+    # from its shape's pool (a CompiledModel may be shared by threads).
     thread_safe = True
 
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None,
-                 precision: str | None = None, **config: Any) -> None:
+                 precision: str | None = None, static_shapes: bool = True, **config: Any) -> None:
         super().__init__()
         ov = import_openvino()
         core = ov.Core()
@@ -122,11 +148,29 @@ class OpenVinoRunner(Runner):
             settings["INFERENCE_PRECISION_HINT"] = PRECISION_HINTS[precision.lower()]
         if threads:
             settings["INFERENCE_NUM_THREADS"] = threads
+        self._model, self._settings, self._core = model, settings, core
+        batch_names = ("batch", 3, "height", "width")
+        self.inputs = [_spec(p, batch_names) for p in model.inputs]  # type: ignore[arg-type]
+        self.outputs = [_spec(p, ("batch",)) for p in model.outputs]
+        dynamic = any(not isinstance(d, int) for d in self.inputs[0].shape)
+        # OpenVINO's CPU plugin also segfaults inside its JIT kernels when an int8 model
+        # with a dynamic input runs at small sizes on AMX CPUs (openvino issue #37577; seen
+        # here with batch <= 8 at 32 x 32; static int8 is fine), so int8 is always per shape.
+        forced = bool(self.int8_nodes) and self.device.startswith("CPU")
+        self.per_shape = dynamic and (forced or static_shapes)
+        self._static: OrderedDict[tuple[int, ...], _Compiled] = OrderedDict()
+        self._static_lock = threading.Lock()
+        # Compiled now, so that a model the device cannot run fails at load time and the
+        # precision it runs in is known: the IR itself, or its first static shape.
+        first = self._first_shape() if self.per_shape else None
         try:
-            self.compiled = core.compile_model(model, self.device, settings)
+            self._dynamic = None if first else _Compiled(core.compile_model(model, self.device, settings))
+            if first:
+                self._compiled_for(first)
         except RuntimeError as exc:
             raise RuntimeInputError(f"{path}: OpenVINO cannot compile it for {self.device}: "
                                     f"{_first_line(exc)}") from None
+        self.compiled = (self._dynamic or next(iter(self._static.values()))).compiled
         self.layer_precisions = self._layer_precisions()
         self.float_precision = self._float_precision()
         if self.int8_nodes:
@@ -134,20 +178,11 @@ class OpenVinoRunner(Runner):
         else:
             self.precision = coarsest(self.float_precision, self.weights_precision)
 
-        batch_names = ("batch", 3, "height", "width")
-        self.inputs = [_spec(p, batch_names) for p in self.compiled.inputs]  # type: ignore[arg-type]
-        self.outputs = [_spec(p, ("batch",)) for p in self.compiled.outputs]
-        self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._idle.put(self.compiled.create_infer_request())
-        self._static_lock = threading.Lock()
-        # OpenVINO's CPU plugin segfaults inside its JIT kernels when an int8 model with a
-        # dynamic input runs at small sizes on AMX CPUs (openvino issue #37577; seen here
-        # with batch <= 8 at 32 x 32; static int8 is fine). So such a model is compiled
-        # static for each input shape it meets instead, at the cost of one compile per shape.
-        self.per_shape = bool(self.int8_nodes) and self.device.startswith("CPU") and any(
-            not isinstance(d, int) for d in self.inputs[0].shape)
-        self._model, self._settings, self._core = model, settings, core
-        self._static: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+    def _first_shape(self) -> tuple[int, ...]:
+        """Batch 1 at the size the artifact was exported at (metadata), for dynamic dims."""
+        size = self.metadata.input_size if self.metadata else (224, 224)
+        fill = {0: 1, 2: size[0], 3: size[1]}
+        return tuple(d if isinstance(d, int) else fill.get(i, 1) for i, d in enumerate(self.inputs[0].shape))
 
     def _layer_precisions(self) -> dict[str, int]:
         """Compiled compute layers per precision they run in (what the plugin really did)."""
@@ -175,34 +210,25 @@ class OpenVinoRunner(Runner):
         # the plugin kept in f32 is f32, and an f32 hint with a bf16 layer is not f32.
         return coarsest(*ran) if ran else declared
 
-    def _static_request(self, shape: tuple[int, ...]) -> Any:
-        if shape in self._static:
-            self._static.move_to_end(shape)
-            return self._static[shape]
-        model = self._model.clone()
-        model.reshape({0: list(shape)})
-        request = self._core.compile_model(model, self.device, self._settings).create_infer_request()
-        self._static[shape] = request
-        if len(self._static) > _STATIC_CACHE:
-            self._static.popitem(last=False)
-        return request
+    def _compiled_for(self, shape: tuple[int, ...]) -> _Compiled:
+        # The lock covers the lookup and a compile, not inference: threads with
+        # different shapes wait only while a new shape compiles.
+        with self._static_lock:
+            if shape in self._static:
+                self._static.move_to_end(shape)
+                return self._static[shape]
+            model = self._model.clone()
+            model.reshape({0: list(shape)})
+            entry = _Compiled(self._core.compile_model(model, self.device, self._settings))
+            self._static[shape] = entry
+            if len(self._static) > _STATIC_CACHE:
+                self._static.popitem(last=False)  # requests in use keep their model alive
+            return entry
 
     def _run(self, x: np.ndarray, names: list[int]) -> list[np.ndarray]:
-        """Outputs `names` (indices) of one call; copies, as a request reuses its buffers."""
-        if self.per_shape:
-            with self._static_lock:
-                request = self._static_request(x.shape)
-                request.infer({0: x})
-                return [request.get_output_tensor(i).data.copy() for i in names]
-        try:
-            request = self._idle.get_nowait()
-        except queue.Empty:
-            request = self.compiled.create_infer_request()
-        try:
-            request.infer({0: x})
-            return [request.get_output_tensor(i).data.copy() for i in names]
-        finally:
-            self._idle.put(request)
+        entry = self._compiled_for(tuple(x.shape)) if self.per_shape else self._dynamic
+        assert entry is not None
+        return entry.run(x, names)
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
         return self._run(x, [0])[0]
@@ -212,10 +238,9 @@ class OpenVinoRunner(Runner):
         return {spec.name: value for spec, value in zip(self.outputs, values, strict=True)}
 
     def _close(self) -> None:
+        # The requests hold the compiled models: drop them all so that closing frees them.
         self._static.clear()
-        # The requests hold the compiled model: drop them so that closing frees it.
-        while not self._idle.empty():
-            self._idle.get_nowait()
+        self._dynamic = None
         del self.compiled, self._model
 
 

@@ -113,6 +113,25 @@ def test_runner_reports_the_precision_that_actually_ran(tiny_fp32: Path) -> None
     assert default.metadata is not None and default.metadata.model == TINY
 
 
+def test_dynamic_ir_is_compiled_static_per_shape_and_computes_the_same(tiny_fp32: Path) -> None:
+    """A dynamic IR runs compiled static for each input shape (faster in the CPU plugin);
+    the outputs equal those of the one dynamic compile, and each shape compiles once."""
+    rng = np.random.default_rng(1)
+    inputs = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
+    with OpenVinoRunner(tiny_fp32, precision="fp32", static_shapes=False) as dynamic:
+        assert not dynamic.per_shape and dynamic.inputs[0].shape == ("batch", 3, "height", "width")
+        expected = [dynamic.infer(x) for x in inputs]
+    with OpenVinoRunner(tiny_fp32, precision="fp32") as static:
+        assert static.per_shape and static.inputs[0].shape == ("batch", 3, "height", "width")
+        assert list(static._static) == [(1, 3, 64, 64)]  # compiled at load: batch 1 at the export size
+        assert static.precision == "fp32"
+        for x, want in zip(inputs + inputs, expected + expected, strict=True):
+            got = static.infer(x)
+            assert got.shape == want.shape
+            assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+        assert sorted(static._static) == sorted(set(SHAPES))  # each shape compiled once
+
+
 def test_runner_errors_are_clear(tiny_fp32: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="precision must be one of"):
         OpenVinoRunner(tiny_fp32, precision="int4")
