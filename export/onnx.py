@@ -144,7 +144,7 @@ def trace_to_onnx(model: GLNet, options: OnnxExportOptions) -> onnx.ModelProto:
             program = torch.onnx.export(
                 module, (example,), None, input_names=["input"], output_names=list(_output_names(model, options)),
                 opset_version=options.opset, dynamic_shapes=dynamic_shapes, dynamo=True,
-                external_data=False, optimize=True, verify=False, report=False,
+                external_data=False, optimize=False, verify=False, report=False,
             )
     except Exception as exc:
         raise ExportError(f"torch.onnx.export failed: {one_line(exc)}") from exc
@@ -166,6 +166,20 @@ def simplify(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
     if not ok:
         return proto, "onnxsim reported the simplified graph as invalid"
     return simplified, None
+
+
+def optimize_graph(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
+    """The torch exporter's own optimizer (onnxscript), run after onnxsim rather than in the
+    export: on the raw dynamic-shape glnet_4g graph it takes 10 s (a quarter of the export),
+    on the graph onnxsim has folded 3 s, with the same 1760 nodes in the end. It turns
+    onnxsim's leftover CastLike nodes into Casts, among others."""
+    try:
+        import onnxscript.optimizer
+
+        with _quiet_exporter():
+            return onnxscript.optimizer.optimize(proto), None
+    except Exception as exc:  # noqa: BLE001 - an optimizer failure must not fail the export
+        return proto, f"the onnxscript optimizer failed: {one_line(exc)}"
 
 
 def check_graph(proto: onnx.ModelProto) -> None:
@@ -236,6 +250,10 @@ def export_onnx(
         simplified = reason is None
         if reason:
             notes.append(f"kept the unsimplified graph: {reason}")
+    say("optimizing with onnxscript")
+    proto, reason = optimize_graph(proto)
+    if reason:
+        notes.append(f"kept the unoptimized graph: {reason}")
     say("checking the graph (onnx.checker)")
     check_graph(proto)
     meta = build_metadata(model, options, checkpoint_sha256)

@@ -171,8 +171,22 @@ def test_failed_simplification_keeps_the_graph_and_says_why(tiny: glnet.GLNet, t
 
     monkeypatch.setattr(onnxsim, "simplify", broken)
     result = export_onnx(tiny, tmp_path / "m.onnx", OnnxExportOptions(input_size=(64, 64)))
-    assert not result.simplified and result.nodes_final == result.nodes_exported
+    assert not result.simplified
+    assert result.nodes_final < result.nodes_exported  # the onnxscript optimizer still ran
     assert any("simulated onnxsim crash" in n for n in result.notes)
+    assert verify_onnx(result.path, tiny).passed
+
+
+def test_failed_optimizer_keeps_the_graph_and_says_why(tiny: glnet.GLNet, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxscript.optimizer
+
+    def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("simulated optimizer crash")
+
+    monkeypatch.setattr(onnxscript.optimizer, "optimize", broken)
+    result = export_onnx(tiny, tmp_path / "m.onnx", OnnxExportOptions(input_size=(64, 64)))
+    assert result.simplified and any("simulated optimizer crash" in n for n in result.notes)
     assert verify_onnx(result.path, tiny).passed
 
 

@@ -103,7 +103,7 @@ def _summary(result, checkpoint: Path | None) -> Table:  # type: ignore[no-untyp
     else:
         table.add_row("output", escape(f"{meta.output_name} float32 [{dims[0]}, {meta.num_classes}]"))
     table.add_row("opset", str(result.opset))
-    simplified = "after onnxsim" if result.simplified else "(not simplified)"
+    simplified = "after onnxsim + optimizer" if result.simplified else "after optimizer (not simplified)"
     table.add_row("nodes", f"{result.nodes_exported} exported -> {result.nodes_final} {simplified}")
     table.add_row("dynamic", meta.dynamic + ("" if meta.dynamic == "none" else
                                              f" ({', '.join(result.dynamic_axes['input'])})"))
