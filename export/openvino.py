@@ -9,35 +9,29 @@ has it (FIELD_NOTES trap 5) and the result would say nothing about the conversio
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 
-import runtimes
 from glnet.model import GLNet
 from glnet_export.calibration import DEFAULT_COUNT, load_calibration
 from glnet_export.errors import ExportError, OptionError, one_line
 from glnet_export.metadata import ArtifactMetadata, MetadataError
-from glnet_export.photos import sample_photo_paths
-from glnet_export.verification import VerificationReport, shapes_to_verify, tolerance_for, verify
-from runtimes.base import Runner
+from glnet_export.verification import VerificationReport
 from runtimes.openvino import RT_INFO_KEY, OpenVinoRunner, import_openvino
-from runtimes.torch import TorchRunner
 
 from .atomic import atomic_outputs, check_writable
 from .onnx import MIN_SIDE, OnnxExportOptions
 from .openvino_int8 import count_fake_quantize, quantize_int8
-from .verify import VerifyError, VerifyOptions, check_compatible
+from .verify import VerifyOptions, verify_runner
 
 PRECISIONS = ("fp32", "fp16", "int8")
 Progress = Callable[[str], None]
@@ -229,18 +223,6 @@ class OpenVinoVerification:
         return self.report.passed
 
 
-@contextlib.contextmanager
-def _reference(reference: GLNet | str | Path, threads: int | None) -> Iterator[Runner]:
-    """PyTorch for a GLNet; another artifact (f32 pinned) for a path, e.g. the source ONNX."""
-    runner: Runner
-    if isinstance(reference, GLNet):
-        runner = TorchRunner(reference, threads=threads)
-    else:
-        runner = runtimes.load(reference, threads=threads, precision="fp32")
-    with runner:
-        yield runner
-
-
 def verify_openvino(
     xml: str | Path,
     reference: GLNet | str | Path,
@@ -256,50 +238,20 @@ def verify_openvino(
     default to the sample photographs; their top-1 agreement is also reported alone.
     """
     options = options or VerifyOptions(precision="fp32")
-    photo_paths = list(sample_photo_paths() if photos is None else photos)
+    if photos is not None:
+        options = dataclasses.replace(options, photos=list(photos))
     cand = OpenVinoRunner(xml, device=options.device, threads=options.threads, precision=options.precision)
-    with cand, _reference(reference, options.threads) as ref_runner:
-        if cand.metadata is None:
-            raise VerifyError(f"{xml}: no glnet-export metadata in its rt_info, cannot tell how to feed it")
-        check_compatible(ref_runner, cand)
-        meta = dataclasses.replace(cand.metadata, precision=cand.precision)
-        fixed_batch = cand.inputs[0].shape[0]
-        batch = fixed_batch if isinstance(fixed_batch, int) else options.batch
-        shapes = options.shapes or shapes_to_verify(meta, batch)
-        tolerance = tolerance_for(cand.precision, max_rel=options.max_rel, min_cosine=options.min_cosine,
-                                  min_top1=options.min_top1)
-        # Keep the first shape's outputs: `make_batches` puts the photographs first.
-        first: dict[str, list[np.ndarray]] = {"ref": [], "out": []}
-        seen: list[tuple[int, int, int, int]] = []
-
-        def recording(fn: Callable[[np.ndarray], np.ndarray], key: str) -> Callable[[np.ndarray], np.ndarray]:
-            def run(x: np.ndarray) -> np.ndarray:
-                y = fn(x)
-                if len(seen) == 1:
-                    first[key].append(y)
-                return y
-            return run
-
-        def on_shape(shape: tuple[int, int, int, int]) -> None:
-            seen.append(shape)
-            if progress:
-                progress(f"verifying {cand.name} at {'x'.join(map(str, shape))}")
-
-        report = verify(recording(ref_runner.infer, "ref"), recording(cand.infer, "out"), meta, shapes,
-                        tolerance, photo_paths, names=(ref_runner.name, cand.name), on_shape=on_shape)
-    photo_top1 = photo_cosine = None
-    if photo_paths and first["out"]:
-        n = len(photo_paths)
-        ref = np.concatenate(first["ref"])[:n].reshape(n, -1).astype(np.float64)
-        out = np.concatenate(first["out"])[:n].reshape(n, -1).astype(np.float64)
-        photo_top1 = float(np.mean(ref.argmax(1) == out.argmax(1)))
-        norms = np.maximum(np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1), 1e-30)
-        photo_cosine = float(np.min((ref * out).sum(1) / norms))
-        report.notes.append(f"on the {n} photographs alone: top-1 agreement {photo_top1:.1%}, "
+    with cand:
+        report = verify_runner(cand, reference, options, progress)
+    first = report.results[0] if report.results else None
+    photo_top1 = first.photo_top1 if first else None
+    photo_cosine = first.photo_min_cosine if first else None
+    if first is not None and photo_top1 is not None and photo_cosine is not None:
+        report.notes.append(f"on the {first.photos} photographs alone: top-1 agreement {photo_top1:.1%}, "
                             f"smallest cosine {photo_cosine:.5f}")
     return OpenVinoVerification(
         report=report, device=cand.device, requested_precision=options.precision, precision=cand.precision,
         float_precision=cand.float_precision, weights_precision=cand.weights_precision,
-        int8_nodes=cand.int8_nodes, photos=len(photo_paths), photo_top1=photo_top1,
+        int8_nodes=cand.int8_nodes, photos=first.photos if first else 0, photo_top1=photo_top1,
         photo_min_cosine=photo_cosine,
     )

@@ -7,7 +7,7 @@ artifact. Used after every export and by `glnet-export verify`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,7 @@ class VerifyOptions:
     device: str = "cpu"
     shapes: list[tuple[int, int, int, int]] | None = None  # None: chosen from the metadata
     max_photos: int | None = None  # None: every photograph available (10 with scikit-image + scikit-learn)
+    photos: Sequence[Path] | None = None  # these images instead of the sample photographs
 
 
 def verify_artifact(
@@ -52,40 +53,52 @@ def verify_artifact(
     options = options or VerifyOptions()
     with runtimes.load(path, device=options.device, threads=options.threads,
                        precision=options.precision) as candidate:
-        meta = candidate.metadata
-        if meta is None:
-            raise VerifyError(f"{path}: no glnet-export metadata, so its input size and preprocessing are unknown")
-        batch = options.batch
-        fixed_batch = candidate.inputs[0].shape[0]
-        if isinstance(fixed_batch, int):
-            batch = fixed_batch
-        shapes = options.shapes or shapes_to_verify(meta, batch)
-        tolerance = tolerance_for(candidate.precision, max_rel=options.max_rel, min_cosine=options.min_cosine,
-                                  min_top1=options.min_top1)
-        features = meta.task == "features"
-        ref_runner: Runner
-        if isinstance(reference, GLNet) and features:
-            from .features import FeaturesTorchRunner, slot_blocks_of
+        return verify_runner(candidate, reference, options, progress)
 
-            ref_runner = FeaturesTorchRunner(reference, slot_blocks_of(meta.outputs), threads=options.threads)
-        elif isinstance(reference, GLNet):
-            ref_runner = TorchRunner(reference, threads=options.threads)
+
+def verify_runner(
+    candidate: Runner,
+    reference: GLNet | str | Path,
+    options: VerifyOptions,
+    progress: Callable[[str], None] | None = None,
+) -> VerificationReport:
+    """`verify_artifact` on an open runner, for callers that want more of it afterwards
+    (the OpenVINO check reports the precisions its runner found)."""
+    meta = candidate.metadata
+    if meta is None:
+        raise VerifyError(f"{candidate.name}: no glnet-export metadata, so its input size and preprocessing "
+                          "are unknown")
+    batch = options.batch
+    fixed_batch = candidate.inputs[0].shape[0]
+    if isinstance(fixed_batch, int):
+        batch = fixed_batch
+    shapes = options.shapes or shapes_to_verify(meta, batch)
+    tolerance = tolerance_for(candidate.precision, max_rel=options.max_rel, min_cosine=options.min_cosine,
+                              min_top1=options.min_top1)
+    features = meta.task == "features"
+    ref_runner: Runner
+    if isinstance(reference, GLNet) and features:
+        from .features import FeaturesTorchRunner, slot_blocks_of
+
+        ref_runner = FeaturesTorchRunner(reference, slot_blocks_of(meta.outputs), threads=options.threads)
+    elif isinstance(reference, GLNet):
+        ref_runner = TorchRunner(reference, threads=options.threads)
+    else:
+        ref_runner = runtimes.load(reference, threads=options.threads, precision="fp32")
+    with ref_runner:
+        check_compatible(ref_runner, candidate)
+
+        def on_shape(shape: tuple[int, int, int, int]) -> None:
+            if progress:
+                progress(f"verifying {candidate.name} at {'x'.join(map(str, shape))}")
+
+        photos = list(options.photos) if options.photos is not None else sample_photo_paths(options.max_photos)
+        if features:  # several outputs, each compared; top-1 means nothing for feature maps
+            report = verify_outputs(ref_runner.infer_all, candidate.infer_all, meta, shapes, tolerance, photos,
+                                    names=(ref_runner.name, candidate.name), on_shape=on_shape)
         else:
-            ref_runner = runtimes.load(reference, threads=options.threads, precision="fp32")
-        with ref_runner:
-            check_compatible(ref_runner, candidate)
-
-            def on_shape(shape: tuple[int, int, int, int]) -> None:
-                if progress:
-                    progress(f"verifying {Path(path).name} at {'x'.join(map(str, shape))}")
-
-            photos = sample_photo_paths(options.max_photos)
-            if features:  # several outputs, each compared; top-1 means nothing for feature maps
-                report = verify_outputs(ref_runner.infer_all, candidate.infer_all, meta, shapes, tolerance, photos,
-                                        names=(ref_runner.name, candidate.name), on_shape=on_shape)
-            else:
-                report = verify(ref_runner.infer, candidate.infer, meta, shapes, tolerance, photos,
-                                names=(ref_runner.name, candidate.name), on_shape=on_shape)
+            report = verify(ref_runner.infer, candidate.infer, meta, shapes, tolerance, photos,
+                            names=(ref_runner.name, candidate.name), on_shape=on_shape)
     report.precision = candidate.precision
     return report
 
