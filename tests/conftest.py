@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import glnet
+from glnet.testing import perturb_weights_
+from glnet_export.photos import sample_photo_paths
+
 # Keep timings and thread pools predictable on the 2-core CI machine.
 torch.set_num_threads(2)
 
@@ -18,3 +22,22 @@ DATA = Path(__file__).resolve().parent / "data"
 def reference_layout() -> dict[str, dict[str, list[int]]]:
     """The authors' checkpoint layout (copied from shared/reference into tests/data)."""
     return json.loads((DATA / "glnet_checkpoint_layout.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> glnet.GLNet:
+    """glnet_tiny with its weights moved away from their initial values (`glnet.testing`),
+    in eval mode: the model the Predictor, feature and serving tests export and compare
+    with. Shared by those modules, so a test must not change it."""
+    model = glnet.create_model("glnet_tiny")
+    perturb_weights_(model, seed=11)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def photos() -> list[Path]:
+    """The sample photographs (scikit-image and scikit-learn ship 10); skips without them."""
+    paths = sample_photo_paths()
+    if len(paths) < 4:
+        pytest.skip("needs the photographs scikit-image and scikit-learn ship")
+    return paths

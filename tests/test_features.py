@@ -35,16 +35,9 @@ cli = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def model() -> glnet.GLNet:
-    net = glnet.create_model("glnet_tiny")
-    perturb_weights_(net, seed=11)
-    return net.eval()
-
-
-@pytest.fixture(scope="module")
-def exported(model: glnet.GLNet, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def exported(tiny_model: glnet.GLNet, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     folder = tmp_path_factory.mktemp("features")
-    torch.save({"model": model.state_dict()}, folder / "tiny.pth")
+    torch.save({"model": tiny_model.state_dict()}, folder / "tiny.pth")
     path, report = folder / "feat.onnx", folder / "report.json"
     result = cli.invoke(app, ["onnx", "--model", "glnet_tiny", "--checkpoint", str(folder / "tiny.pth"),
                               "--features", "--with-slots", "0.0,last", "--dynamic", "shape",
@@ -76,10 +69,10 @@ def test_export_is_verified_output_by_output(exported: tuple[Path, dict]) -> Non
 
 @pytest.mark.parametrize("shape", [(2, 3, 160, 192), (1, 3, 97, 131)])
 def test_four_stages_at_strides_4_to_32_match_pytorch(shape: tuple[int, ...], exported: tuple[Path, dict],
-                                                      model: glnet.GLNet) -> None:
+                                                      tiny_model: glnet.GLNet) -> None:
     x = np.random.default_rng(sum(shape)).standard_normal(shape, dtype=np.float32)
     with torch.inference_mode():
-        stages = model.forward_stages(torch.from_numpy(x))
+        stages = tiny_model.forward_stages(torch.from_numpy(x))
     with runtimes.load(exported[0]) as runner:
         assert [o.name for o in runner.outputs] == list(OUTPUTS)
         out = runner.infer_all(x)
@@ -114,14 +107,14 @@ def test_slot_maps_are_the_same_in_deploy_and_reference_form(name: str) -> None:
     assert torch.equal(plain_ref, recorded_ref) and torch.equal(plain_dep, recorded_dep)
 
 
-def test_slot_block_choice_is_checked(model: glnet.GLNet, tmp_path: Path) -> None:
-    assert resolve_slot_blocks(model, ["last", "0.0", "stages.0.blocks.0"]) == ("stages.2.blocks.0",
+def test_slot_block_choice_is_checked(tiny_model: glnet.GLNet, tmp_path: Path) -> None:
+    assert resolve_slot_blocks(tiny_model, ["last", "0.0", "stages.0.blocks.0"]) == ("stages.2.blocks.0",
                                                                                 "stages.0.blocks.0")
     message = r"'2\.1' is not a GLMix block of glnet_tiny; slots exist in 0\.0, 1\.0, 2\.0 "
     with pytest.raises(OptionError, match=message):
-        resolve_slot_blocks(model, ["2.1"])  # an MHSA block of the hybrid stage
+        resolve_slot_blocks(tiny_model, ["2.1"])  # an MHSA block of the hybrid stage
     with pytest.raises(OptionError, match="add --features"):
-        export_onnx(model, tmp_path / "x.onnx", OnnxExportOptions(slot_blocks=("last",)))
+        export_onnx(tiny_model, tmp_path / "x.onnx", OnnxExportOptions(slot_blocks=("last",)))
     result = cli.invoke(app, ["onnx", "--model", "glnet_tiny", "--features", "--with-slots", "3.0",
                               "-o", str(tmp_path / "y.onnx")])
     assert result.exit_code == 1 and "'3.0' is not a GLMix block" in result.output

@@ -19,9 +19,7 @@ from PIL import Image
 
 import glnet
 from export.onnx import OnnxExportOptions, export_onnx
-from glnet.testing import perturb_weights_
 from glnet_export.labels import imagenet1k_labels
-from glnet_export.photos import sample_photo_paths
 from glnet_export.prediction import Prediction
 from glnet_export.preprocess import ImageError
 from runtimes import Predictor
@@ -32,16 +30,9 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "classify_folder.py
 
 
 @pytest.fixture(scope="module")
-def model() -> glnet.GLNet:
-    net = glnet.create_model("glnet_tiny")
-    perturb_weights_(net, seed=5)
-    return net.eval()
-
-
-@pytest.fixture(scope="module")
-def artifact(model: glnet.GLNet, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def artifact(tiny_model: glnet.GLNet, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("predictor") / "tiny.onnx"
-    export_onnx(model, path, OnnxExportOptions(dynamic="batch", input_size=(SIZE, SIZE)))
+    export_onnx(tiny_model, path, OnnxExportOptions(dynamic="batch", input_size=(SIZE, SIZE)))
     return path
 
 
@@ -49,14 +40,6 @@ def artifact(model: glnet.GLNet, tmp_path_factory: pytest.TempPathFactory) -> Pa
 def predictor(artifact: Path):  # type: ignore[no-untyped-def]
     with Predictor(artifact, threads=1) as p:
         yield p
-
-
-@pytest.fixture(scope="module")
-def photos() -> list[Path]:
-    paths = sample_photo_paths(6)
-    if len(paths) < 3:
-        pytest.skip("needs scikit-image's photographs")
-    return paths
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +67,7 @@ def _check_top(prediction: Prediction, k: int) -> None:
     assert all(c.label == imagenet1k_labels()[c.index] for c in prediction.top)
 
 
-def test_predict_takes_paths_pil_images_arrays_and_lists(predictor: Predictor, model: glnet.GLNet,
+def test_predict_takes_paths_pil_images_arrays_and_lists(predictor: Predictor, tiny_model: glnet.GLNet,
                                                          photos: list[Path]) -> None:
     by_path = predictor.predict(photos[0])
     assert isinstance(by_path, Prediction) and by_path.image == str(photos[0])
@@ -106,7 +89,7 @@ def test_predict_takes_paths_pil_images_arrays_and_lists(predictor: Predictor, m
 
     # The probabilities are PyTorch's, preprocessing included.
     with torch.inference_mode():
-        logits = model(torch.from_numpy(predictor.preprocess(photos[0]))).double()
+        logits = tiny_model(torch.from_numpy(predictor.preprocess(photos[0]))).double()
     probs = torch.softmax(logits, -1)[0].numpy()
     np.testing.assert_allclose([c.probability for c in by_path.top], probs[[c.index for c in by_path.top]],
                                rtol=1e-4)

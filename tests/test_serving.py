@@ -31,11 +31,9 @@ from typer.testing import CliRunner
 import glnet
 from export.onnx import OnnxExportOptions, export_onnx
 from export.trt_profiles import EngineManifest, Profile, manifest_path
-from glnet.testing import perturb_weights_
 from glnet_export.cli import app
 from glnet_export.labels import imagenet1k_labels
 from glnet_export.metadata import ArtifactMetadata
-from glnet_export.photos import sample_photo_paths
 from runtimes import Predictor
 
 SIZE = 128
@@ -46,26 +44,11 @@ needs_triton = pytest.mark.skipif(not HAVE_TRITONCLIENT,
 
 
 @pytest.fixture(scope="module")
-def model() -> glnet.GLNet:
-    net = glnet.create_model("glnet_tiny")
-    perturb_weights_(net, seed=11)
-    return net.eval()
-
-
-@pytest.fixture(scope="module")
-def dynamic_onnx(model: glnet.GLNet, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def dynamic_onnx(tiny_model: glnet.GLNet, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Dynamic batch, height and width: serves the Ray test and the Triton dynamic case."""
     path = tmp_path_factory.mktemp("serving") / "tiny_dynamic.onnx"
-    export_onnx(model, path, OnnxExportOptions(dynamic="shape", input_size=(SIZE, SIZE)))
+    export_onnx(tiny_model, path, OnnxExportOptions(dynamic="shape", input_size=(SIZE, SIZE)))
     return path
-
-
-@pytest.fixture(scope="module")
-def photos() -> list[Path]:
-    paths = sample_photo_paths()
-    if len(paths) < 4:
-        pytest.skip("needs the photographs scikit-image ships")
-    return paths
 
 
 def _free_port() -> int:
@@ -220,11 +203,11 @@ def test_triton_repo_for_a_dynamic_onnx(dynamic_onnx: Path, tmp_path: Path) -> N
 
 
 @needs_triton
-def test_triton_repo_for_a_fixed_batch_onnx(model: glnet.GLNet, tmp_path: Path) -> None:
+def test_triton_repo_for_a_fixed_batch_onnx(tiny_model: glnet.GLNet, tmp_path: Path) -> None:
     from serving.triton_repo import TritonOptions, write_triton_repo
 
     onnx_path = tmp_path / "fixed.onnx"
-    export_onnx(model, onnx_path, OnnxExportOptions(dynamic="none", input_size=(SIZE, SIZE)))
+    export_onnx(tiny_model, onnx_path, OnnxExportOptions(dynamic="none", input_size=(SIZE, SIZE)))
     result = write_triton_repo(onnx_path, tmp_path / "repo", TritonOptions(max_batch=4))
     config, _ = _config(result.model_dir)
     assert result.name == "fixed" and config.max_batch_size == 0  # Triton must not batch a fixed-batch model
