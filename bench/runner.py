@@ -197,6 +197,7 @@ def bench_cell(runner: Runner, path: Path | None, batch: int, size: tuple[int, i
         return result
     inputs = make_inputs(shape, options.buffers, seed=batch * 7919 + size[0] * 31 + size[1])
     try:
+        runner.prepare(shape)  # a per-shape compile is set-up, not the cold run
         with make_pool(runner, path, shape, options.mode, options.streams, options.threads, options.device,
                        options.precision) as pool:
             result.streams = pool.parallel

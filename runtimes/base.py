@@ -71,6 +71,10 @@ class Runner(ABC):
         self._check_input(x)
         return self._infer_all(np.ascontiguousarray(x))
 
+    def prepare(self, shape: tuple[int, ...]) -> None:  # noqa: B027 - most back-ends have nothing to do
+        """Do the one-time work for inputs of `shape` now (OpenVINO compiles each shape), so
+        that the first call at that shape, a benchmark's cold run say, does not include it."""
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True

@@ -225,6 +225,10 @@ class OpenVinoRunner(Runner):
                 self._static.popitem(last=False)  # requests in use keep their model alive
             return entry
 
+    def prepare(self, shape: tuple[int, ...]) -> None:
+        if self.per_shape:
+            self._compiled_for(tuple(shape))
+
     def _run(self, x: np.ndarray, names: list[int]) -> list[np.ndarray]:
         entry = self._compiled_for(tuple(x.shape)) if self.per_shape else self._dynamic
         assert entry is not None

@@ -104,7 +104,8 @@ def results_table(benches: list[Any], title: str) -> Table:
             row += [_ms(r.gpu_compute.p50 if r.gpu_compute else None)] if gpu else []
             row += [str(r.streams)] if streams else []
             table.add_row(*row)
-    table.caption = "latency in ms over warm runs (cold: the first run); img/s over the measured wall time" + (
+    table.caption = ("latency in ms over warm runs (cold: the first run, after any per-shape compile); "
+                     "img/s over the measured wall time") + (
         "".join(f"\n[red]not measured[/] {e}" for e in errors))
     return table
 
