@@ -23,12 +23,12 @@ import onnx
 import torch
 
 import glnet_export
+from glnet.features import GLNetFeatures, UnknownSlotBlockError, output_names, resolve_slot_blocks
 from glnet.model import GLNet
 from glnet_export.errors import ExportError, OptionError, one_line
 from glnet_export.metadata import IMAGENET_LABELS, ArtifactMetadata
 
 from .atomic import atomic_outputs, check_writable
-from .features import GLNetFeatures, output_names, resolve_slot_blocks
 
 DYNAMIC_MODES = ("none", "batch", "shape")
 MIN_SIDE = 32  # the network down-samples 32x
@@ -43,7 +43,7 @@ class OnnxExportOptions:
     batch: int = 1  # fixed batch for dynamic="none"; the first verified batch otherwise
     dynamic: str = "batch"
     simplify: bool = True
-    features: bool = False  # the four stage outputs (export.features) instead of the logits
+    features: bool = False  # the four stage outputs (glnet.features) instead of the logits
     slot_blocks: tuple[str, ...] = ()  # with features: GLMix blocks whose slot maps are extra outputs
 
     def validate(self) -> None:
@@ -128,7 +128,10 @@ def _quiet_exporter() -> Iterator[None]:
 def _output_names(model: GLNet, options: OnnxExportOptions) -> tuple[str, ...]:
     if not options.features:
         return ("logits",)
-    return output_names(resolve_slot_blocks(model, options.slot_blocks))
+    try:
+        return output_names(resolve_slot_blocks(model, options.slot_blocks))
+    except UnknownSlotBlockError as exc:
+        raise OptionError(str(exc)) from None
 
 
 def trace_to_onnx(model: GLNet, options: OnnxExportOptions) -> onnx.ModelProto:

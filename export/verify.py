@@ -78,7 +78,8 @@ def verify_runner(
     features = meta.task == "features"
     ref_runner: Runner
     if isinstance(reference, GLNet) and features:
-        from .features import FeaturesTorchRunner, slot_blocks_of
+        from glnet.features import slot_blocks_of
+        from runtimes.torch import FeaturesTorchRunner
 
         ref_runner = FeaturesTorchRunner(reference, slot_blocks_of(meta.outputs), threads=options.threads)
     elif isinstance(reference, GLNet):

@@ -56,7 +56,7 @@ class GLMixBlock(nn.Module):
         self.mlp = conv_mlp(dim, mlp_ratio, mlp_dwconv)
         self.ls1 = layer_scale(dim, layerscale, nchw=True)
         self.ls2 = layer_scale(dim, layerscale, nchw=True)
-        # Opt-in, for visualising the semantic slots (export.features): when True, each
+        # Opt-in, for visualising the semantic slots (glnet.features): when True, each
         # call keeps the pixel-to-slot assignment (the dispatch softmax, B x 64 x H x W,
         # summing to 1 over the slots) on `last_slots`. It is a tensor already computed,
         # so the math and the default graph are unchanged.

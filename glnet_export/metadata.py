@@ -49,7 +49,7 @@ class ArtifactMetadata:
     onnx_version: str = ""
     glnet_export_version: str = ""
     # "classify": one output, the logits. "features": the four stage outputs stage1..stage4
-    # (strides 4, 8, 16, 32), then any slot maps `slots_<block>` (export.features).
+    # (strides 4, 8, 16, 32), then any slot maps `slots_<block>` (glnet.features).
     task: str = "classify"
     outputs: tuple[str, ...] = ("logits",)
 

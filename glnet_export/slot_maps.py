@@ -24,7 +24,7 @@ from .errors import GlnetExportError
 from .metadata import ArtifactMetadata
 from .preprocess import _RESAMPLE, preprocess
 
-SLOTS_PREFIX = "slots_"  # as export.features names the outputs (not imported: that pulls in torch)
+SLOTS_PREFIX = "slots_"  # as glnet.features names the outputs (not imported: that pulls in torch)
 WORK_SIDE = 320  # maps are upsampled smoothly to at most this long side, then scaled to the picture
 _HEAT = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], np.float64)  # inferno
 

@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 import glnet
 import runtimes
-from export.features import STRIDES, GLNetFeatures, resolve_slot_blocks
 from export.onnx import OnnxExportOptions, export_onnx
+from glnet.features import STRIDES, GLNetFeatures, UnknownSlotBlockError, resolve_slot_blocks
 from glnet.testing import perturb_weights_
 from glnet_export.cli import app
 from glnet_export.errors import OptionError
@@ -111,7 +111,7 @@ def test_slot_block_choice_is_checked(tiny_model: glnet.GLNet, tmp_path: Path) -
     assert resolve_slot_blocks(tiny_model, ["last", "0.0", "stages.0.blocks.0"]) == ("stages.2.blocks.0",
                                                                                 "stages.0.blocks.0")
     message = r"'2\.1' is not a GLMix block of glnet_tiny; slots exist in 0\.0, 1\.0, 2\.0 "
-    with pytest.raises(OptionError, match=message):
+    with pytest.raises(UnknownSlotBlockError, match=message):
         resolve_slot_blocks(tiny_model, ["2.1"])  # an MHSA block of the hybrid stage
     with pytest.raises(OptionError, match="add --features"):
         export_onnx(tiny_model, tmp_path / "x.onnx", OnnxExportOptions(slot_blocks=("last",)))

@@ -6,30 +6,27 @@ pixel-to-slot assignment (B x 64 x H x W, summing to 1 over the 64 slots) named
 `slots_<block>`, e.g. `slots_stages.2.blocks.0`. The maps are the dispatch softmax the
 block computes anyway (`GLMixBlock.record_slots`), so they cost no extra arithmetic and
 cannot drift from the block's math. `export.onnx` exports this module with `--features`;
-`FeaturesTorchRunner` is its PyTorch reference for verification.
+`runtimes.torch.FeaturesTorchRunner` runs it as the reference for verification.
 """
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Sequence
 
-import numpy as np
-import torch
 from torch import Tensor, nn
 
-from glnet.blocks import GLMixBlock
-from glnet.model import GLNet
-from glnet_export.errors import OptionError
-from glnet_export.metadata import ArtifactMetadata
-from runtimes.base import Runner, TensorSpec
-from runtimes.torch import inference
+from .blocks import GLMixBlock
+from .model import GLNet
 
 STAGE_OUTPUTS = ("stage1", "stage2", "stage3", "stage4")
 STRIDES = (4, 8, 16, 32)
 SLOTS_PREFIX = "slots_"
 _SHORT = re.compile(r"^(\d+)\.(\d+)$")
+
+
+class UnknownSlotBlockError(ValueError):
+    """A slot-map block spec that names no GLMix block of the model."""
 
 
 def glmix_blocks(model: GLNet) -> list[str]:
@@ -55,7 +52,7 @@ def resolve_slot_blocks(model: GLNet, specs: Sequence[str]) -> tuple[str, ...]:
             short = _SHORT.match(spec)
             name = f"stages.{short[1]}.blocks.{short[2]}" if short else spec
             if name not in known:
-                raise OptionError(f"{spec!r} is not a GLMix block of {model.cfg.name}; slots exist in "
+                raise UnknownSlotBlockError(f"{spec!r} is not a GLMix block of {model.cfg.name}; slots exist in "
                                   f"{_listing(known)} (short form S.B, or 'last' / 'all')")
             names = [name]
         chosen += [n for n in names if n not in chosen]
@@ -109,30 +106,3 @@ class GLNetFeatures(nn.Module):
             # call counts as an attribute mutation, and in eager mode it would pin memory.
             block.last_slots = None
         return (*stages, *maps)
-
-
-class FeaturesTorchRunner(Runner):
-    """PyTorch reference of a feature artifact: same outputs, same names, reference form."""
-
-    backend = "pytorch"
-
-    def __init__(self, model: GLNet, slot_blocks: Sequence[str] = (), threads: int | None = None) -> None:
-        super().__init__()
-        # A copy in the reference form: the caller's model keeps its form and its blocks
-        # keep record_slots off.
-        self.module = GLNetFeatures(copy.deepcopy(model).eval().to_deploy(False), slot_blocks).eval()
-        self.threads = threads
-        names = self.module.output_names
-        self.metadata = ArtifactMetadata(model=model.cfg.name, num_classes=model.num_classes,
-                                         config=model.cfg.to_dict(), dynamic="shape", task="features",
-                                         outputs=names, output_name=names[0])
-        self.inputs = [TensorSpec("input", ("batch", 3, "height", "width"), "float32")]
-        self.outputs = [TensorSpec(n, ("batch", None, None, None), "float32") for n in names]
-
-    def _infer_all(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        with inference(self.threads):
-            results = self.module(torch.from_numpy(x))
-        return {spec.name: t.numpy() for spec, t in zip(self.outputs, results, strict=True)}
-
-    def _infer(self, x: np.ndarray) -> np.ndarray:
-        return self._infer_all(x)[self.outputs[0].name]
