@@ -162,15 +162,16 @@ class OpenVinoRunner(Runner):
         self._static_lock = threading.Lock()
         # Compiled now, so that a model the device cannot run fails at load time and the
         # precision it runs in is known: the IR itself, or its first static shape.
-        first = self._first_shape() if self.per_shape else None
         try:
-            self._dynamic = None if first else _Compiled(core.compile_model(model, self.device, settings))
-            if first:
-                self._compiled_for(first)
+            if self.per_shape:
+                entry = self._compiled_for(self._first_shape())
+            else:
+                entry = _Compiled(core.compile_model(model, self.device, settings))
         except RuntimeError as exc:
             raise RuntimeInputError(f"{path}: OpenVINO cannot compile it for {self.device}: "
                                     f"{_first_line(exc)}") from None
-        self.compiled = (self._dynamic or next(iter(self._static.values()))).compiled
+        self._dynamic = None if self.per_shape else entry
+        self.compiled = entry.compiled
         self.layer_precisions = self._layer_precisions()
         self.float_precision = self._float_precision()
         if self.int8_nodes:
