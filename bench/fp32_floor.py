@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -22,8 +21,11 @@ import torch
 
 import glnet
 from bench.pools import compile_openvino
+from bench.runner import interleave, paired_ratio
+from bench.timing import make_inputs
 from export.onnx import OnnxExportOptions, export_onnx
 from glnet.testing import perturb_weights_
+from runtimes.torch import TorchRunner
 
 COMPUTE = frozenset({"Convolution", "GroupConvolution", "FullyConnected", "MatMul"})
 
@@ -32,7 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="glnet_4g")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=8, help="alternating rounds of 3 timed runs each")
+    parser.add_argument("--rounds", type=int, default=8, help="alternating rounds (each: 1 settling + 3 timed runs)")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -45,41 +47,34 @@ def main() -> None:
         compiled = compile_openvino(path, threads=args.threads, precision="fp32", shape=shape,
                                     PERFORMANCE_HINT="LATENCY", PERF_COUNT="YES")
     request = compiled.create_infer_request()
-    x = np.random.default_rng(0).random(shape, dtype=np.float32)
-    xt = torch.from_numpy(x)
-    wall: dict[str, list[float]] = defaultdict(list)
+    eager = TorchRunner(model, threads=args.threads)
+    fns = {"openvino f32": lambda x: request.infer({0: x}), "pytorch eager": eager.infer}
+    blocks: dict[str, list[float]] = {}
+    stats = interleave(fns, make_inputs(shape), args.rounds, blocks=blocks)
+    # The counters after the timing, so that reading them is not timed: per-layer times
+    # do not depend on the loop around them.
     kinds: dict[str, list[float]] = defaultdict(list)
-    for _ in range(args.rounds):
-        request.infer({0: x})  # settling run after the other runtime
-        for _ in range(3):
-            start = time.perf_counter()
-            request.infer({0: x})
-            wall["openvino f32"].append((time.perf_counter() - start) * 1000)
-            per_kind: dict[str, float] = defaultdict(float)
-            for info in request.profiling_info:
-                per_kind[info.node_type] += info.real_time.total_seconds() * 1000
-            for kind, ms in per_kind.items():
-                kinds[kind].append(ms)
-        with torch.inference_mode():
-            model(xt)
-            for _ in range(3):
-                start = time.perf_counter()
-                model(xt)
-                wall["pytorch eager"].append((time.perf_counter() - start) * 1000)
-    eager = float(np.median(wall["pytorch eager"]))
+    for x in make_inputs(shape, buffers=10):
+        request.infer({0: x})
+        per_kind: dict[str, float] = defaultdict(float)
+        for info in request.profiling_info:
+            per_kind[info.node_type] += info.real_time.total_seconds() * 1000
+        for kind, ms in per_kind.items():
+            kinds[kind].append(ms)
     layer_ms = {kind: float(np.median(v)) for kind, v in kinds.items()}
     compute = sum(ms for kind, ms in layer_ms.items() if kind in COMPUTE)
     rest = sum(ms for kind, ms in layer_ms.items() if kind not in COMPUTE)
     print(f"{args.model}, {'x'.join(map(str, shape))}, {args.threads} threads, {args.rounds} rounds")
-    for name, values in wall.items():
-        print(f"  {name:14s} p50 {np.median(values):6.1f} ms  min {min(values):6.1f} ms")
+    for name, s in stats.items():
+        print(f"  {name:14s} p50 {s.p50:6.1f} ms  min {s.min:6.1f} ms")
     print("  OpenVINO f32 layer time by kind (p50 per run):")
     for kind, ms in sorted(layer_ms.items(), key=lambda kv: -kv[1]):
         if ms >= 0.05:
             print(f"    {kind:18s} {ms:6.2f} ms{'  (compute)' if kind in COMPUTE else ''}")
     print(f"  compute kernels {compute:.1f} ms + the rest {rest:.1f} ms")
-    print(f"  openvino f32 / eager: {np.median(wall['openvino f32']) / eager:.3f}; "
-          f"compute kernels alone / eager: {compute / eager:.3f} (the issue's target: 0.40)")
+    eager_p50 = stats["pytorch eager"].p50
+    print(f"  openvino f32 / eager: {paired_ratio(blocks, 'openvino f32', 'pytorch eager'):.3f} (paired blocks); "
+          f"compute kernels alone / eager p50: {compute / eager_p50:.3f} (the issue's target: 0.40)")
 
 
 if __name__ == "__main__":
