@@ -32,7 +32,7 @@ class LayerNorm2d(nn.LayerNorm):
 
         The deploy form uses it. OpenVINO keeps the whole GLMix block in its own blocked
         layout this way; the two transposes around a LayerNormalization node cost it about
-        10% of glnet_4g's latency (bench/README), and onnxruntime runs either as fast.
+        10% of glnet_4g's latency (README, Benchmarks), and onnxruntime runs either as fast.
         The fp16 converter keeps these nodes in fp32 (export.precision): the squared
         deviations of the residual stream can pass fp16's range.
         """

@@ -108,7 +108,7 @@ class OpenVinoRunner(Runner):
     A dynamic IR is compiled static for each input shape (`static_shapes`, the default):
     the CPU plugin's dynamic-shape path re-infers every node's shape on every call and
     keeps more layout conversions, which costs glnet_4g 15-20% of its latency at batch 1
-    (bench/README). A new shape costs one compile (about 1.5 s for glnet_4g); the last
+    (README, Benchmarks). A new shape costs one compile (about 1.5 s for glnet_4g); the last
     few shapes stay compiled. `static_shapes=False` compiles the dynamic IR once.
 
     Attributes beyond `Runner`: `requested_precision` (what was asked, None = the
