@@ -33,8 +33,9 @@ class LayerNorm2d(nn.LayerNorm):
         The deploy form uses it. OpenVINO keeps the whole GLMix block in its own blocked
         layout this way; the two transposes around a LayerNormalization node cost it about
         10% of glnet_4g's latency (README, Benchmarks), and onnxruntime runs either as fast.
-        The fp16 converter keeps these nodes in fp32 (export.precision): the squared
-        deviations of the residual stream can pass fp16's range.
+        The squared deviations of the residual stream can pass fp16's range, so the precision
+        ONNX for TensorRT fuses these nodes back into LayerNormalization (export.layer_norm),
+        whose kernel accumulates in fp32.
         """
         mean = x.mean(dim=1, keepdim=True)
         dev = x - mean
