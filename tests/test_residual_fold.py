@@ -1,0 +1,85 @@
+"""Folding h + DWConv(h) into the convolution: exact matches only, same outputs, fewer nodes."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import glnet
+from export.onnx import OnnxExportOptions, export_onnx
+from export.residual_fold import fold_residual_depthwise
+from glnet.testing import perturb_weights_
+
+C = 4
+
+
+def _graph(convs: list[tuple[str, dict, tuple[int, ...]]], extra_use: bool = False) -> onnx.ModelProto:
+    """x -> for each (weight name, Conv attributes, kernel shape): x = x + Conv(x) -> y."""
+    rng = np.random.default_rng(0)
+    nodes, inits, x = [], [], "x"
+    for i, (weight, attrs, kernel) in enumerate(convs):
+        if weight not in {t.name for t in inits}:
+            inits.append(numpy_helper.from_array(rng.standard_normal(kernel).astype(np.float32), weight))
+        nodes.append(helper.make_node("Conv", [x, weight], [f"c{i}"], **attrs))
+        nodes.append(helper.make_node("Add", [x, f"c{i}"] if i % 2 else [f"c{i}", x], [f"s{i}"]))
+        x = f"s{i}"
+    outputs = [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, C, 9, 9])]
+    if extra_use:  # the first Conv's output is also a graph output: its Add must stay
+        outputs.append(helper.make_tensor_value_info("c0", TensorProto.FLOAT, [1, C, 9, 9]))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, 9, 9])],
+                              outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})
+
+
+DW3 = {"group": C, "pads": [1, 1, 1, 1], "kernel_shape": [3, 3]}
+DW5 = {"group": C, "pads": [2, 2, 2, 2]}
+
+
+@pytest.mark.parametrize(("convs", "extra_use", "expected"), [
+    ([("w0", DW3, (C, 1, 3, 3)), ("w1", DW5, (C, 1, 5, 5))], False, 2),
+    ([("w0", DW3, (C, 1, 3, 3)), ("w0", DW3, (C, 1, 3, 3))], False, 2),  # a shared weight gets a copy
+    ([("w0", DW3, (C, 1, 3, 3))], True, 0),  # the Conv's output is used elsewhere
+    ([("w0", {"pads": [1, 1, 1, 1]}, (C, C, 3, 3))], False, 0),  # a full conv, not depthwise
+    ([("w0", {**DW3, "dilations": [2, 2], "pads": [2, 2, 2, 2]}, (C, 1, 3, 3))], False, 0),
+    ([("w0", {"group": C, "pads": [0, 0, 0, 0]}, (C, 1, 1, 1))], False, 1),  # 1x1 depthwise: a scale
+])
+def test_only_exact_matches_fold_and_outputs_stay_the_same(convs: list, extra_use: bool, expected: int) -> None:
+    model = _graph(convs, extra_use)
+    x = np.random.default_rng(1).standard_normal((1, C, 9, 9)).astype(np.float32)
+    before = _run(model, x)
+    folded = onnx.ModelProto()
+    folded.CopyFrom(model)
+    assert fold_residual_depthwise(folded) == expected
+    onnx.checker.check_model(folded, full_check=True)
+    ops = Counter(n.op_type for n in folded.graph.node)
+    assert ops["Add"] == len(convs) - expected and ops["Conv"] == len(convs)
+    for a, b in zip(before, _run(folded, x), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+    assert fold_residual_depthwise(folded) == 0, "folding twice changes nothing more"
+
+
+def test_the_export_folds_every_pos_conv_and_mlp_dwconv(tmp_path: Path) -> None:
+    model = perturb_weights_(glnet.create_model("glnet_tiny"), seed=3)
+    residual = sum(1 for name, _ in model.named_modules() if name.endswith(("pos_conv", "mlp.1")))
+    assert residual > 0
+    folded, plain = tmp_path / "folded.onnx", tmp_path / "plain.onnx"
+    export_onnx(model, folded, OnnxExportOptions(dynamic="shape", input_size=(64, 64)))
+    export_onnx(model, plain, OnnxExportOptions(dynamic="shape", input_size=(64, 64), simplify=False))
+    proto = onnx.load(folded)
+    assert fold_residual_depthwise(proto) == 0, "nothing foldable is left in the written file"
+    assert fold_residual_depthwise(onnx.load(plain)) == residual, "--no-simplify keeps the exporter's graph"
+    x = np.random.default_rng(2).standard_normal((2, 3, 96, 64)).astype(np.float32)
+    a = ort.InferenceSession(str(plain), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    b = ort.InferenceSession(str(folded), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    assert float(np.abs(a - b).max() / np.abs(a).max()) < 1e-5
