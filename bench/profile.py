@@ -88,7 +88,7 @@ def profile_onnxruntime(path: Path, shape: tuple[int, ...], runs: int, threads: 
     opts = session_options(threads)
     opts.enable_profiling = True
     inputs = make_inputs(shape, buffers=2)
-    source, _ = session_source(path, device)  # the graph the runner runs: attention fused in memory
+    source, _ = session_source(path, device)  # the graph the runner runs: rewritten in memory
     with tempfile.TemporaryDirectory(prefix="glnet-profile-") as tmp:
         opts.profile_file_prefix = str(Path(tmp) / "ort")
         session = ort.InferenceSession(source, opts, providers=PROVIDERS.get(device, PROVIDERS["cpu"]))

@@ -29,7 +29,6 @@ from glnet_export.errors import ExportError, OptionError, one_line
 from glnet_export.metadata import IMAGENET_LABELS, ArtifactMetadata
 
 from .atomic import atomic_outputs, check_writable
-from .residual_fold import fold_residual_depthwise
 
 DYNAMIC_MODES = ("none", "batch", "shape")
 MIN_SIDE = 32  # the network down-samples 32x
@@ -258,9 +257,6 @@ def export_onnx(
     proto, reason = optimize_graph(proto)
     if reason:
         notes.append(f"kept the unoptimized graph: {reason}")
-    if options.simplify:  # --no-simplify keeps the graph as the exporter wrote it
-        folded = fold_residual_depthwise(proto)
-        say(f"folded {folded} residual depthwise convolutions (h + DWConv(h)) into their kernels")
     say("checking the graph (onnx.checker)")
     check_graph(proto)
     meta = build_metadata(model, options, checkpoint_sha256)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,21 +36,32 @@ def session_options(threads: int | None = None):  # type: ignore[no-untyped-def]
     return opts
 
 
-def session_source(path: str | Path, device: str = "cpu", fuse_attention: bool = True) -> tuple[str | bytes, int]:
-    """What to hand `InferenceSession` for `path`, and how many attentions were fused.
+@dataclass(frozen=True)
+class GraphRewrites:
+    """What `session_source` changed in the graph a session runs (the file is never changed)."""
 
-    The fusion happens in memory only: the contrib op exists in onnxruntime alone (see
-    `ort_fusion`), so the file on disk stays standard ONNX for TensorRT and OpenVINO.
+    fused_attention: int = 0  # MHA subgraphs -> com.microsoft.Attention (runtimes.ort_fusion)
+    folded_residual_convs: int = 0  # h + DWConv(h) -> DWConv' (runtimes.residual_fold)
+
+
+def session_source(path: str | Path, device: str = "cpu", rewrite: bool = True) -> tuple[str | bytes, GraphRewrites]:
+    """What to hand `InferenceSession` for `path`, and what was rewritten in it.
+
+    The rewrites happen in memory only: the contrib Attention op exists in onnxruntime
+    alone (see `ort_fusion`), and the residual fold is for fp32 execution (see
+    `residual_fold`), so the file on disk stays standard ONNX for TensorRT and OpenVINO.
     """
-    if not fuse_attention or device not in ("cpu", "cuda"):
-        return str(path), 0
+    if not rewrite or device not in ("cpu", "cuda"):
+        return str(path), GraphRewrites()
     import onnx
 
-    from .ort_fusion import fuse_attention as fuse
+    from .ort_fusion import fuse_attention
+    from .residual_fold import fold_residual_depthwise
 
     model = onnx.load(str(path))
-    fused = fuse(model)
-    return (model.SerializeToString(), fused) if fused else (str(path), 0)
+    done = GraphRewrites(fuse_attention(model), fold_residual_depthwise(model))
+    changed = done.fused_attention or done.folded_residual_convs
+    return (model.SerializeToString(), done) if changed else (str(path), done)
 
 
 class OnnxRuntimeRunner(Runner):
@@ -57,7 +69,7 @@ class OnnxRuntimeRunner(Runner):
     thread_safe = True  # InferenceSession.run is documented thread-safe
 
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None,
-                 fuse_attention: bool = True) -> None:
+                 rewrite: bool = True) -> None:
         super().__init__()
         ort = _ort()
         if device not in PROVIDERS:
@@ -68,7 +80,7 @@ class OnnxRuntimeRunner(Runner):
             raise BackendUnavailableError(
                 f"onnxruntime here has no {wanted[0]} (available: {', '.join(sorted(available))})"
             )
-        source, self.fused_attention = session_source(path, device, fuse_attention)
+        source, self.rewrites = session_source(path, device, rewrite)
         self.session = ort.InferenceSession(source, session_options(threads), providers=wanted)
         self.device = device
         self.inputs = [TensorSpec(i.name, tuple(i.shape), i.type) for i in self.session.get_inputs()]

@@ -41,8 +41,9 @@ def test_every_attention_is_fused(exported: Path) -> None:
 
 def test_fused_session_computes_the_same(exported: Path) -> None:
     rng = np.random.default_rng(0)
-    with OnnxRuntimeRunner(exported) as fused, OnnxRuntimeRunner(exported, fuse_attention=False) as plain:
-        assert fused.fused_attention == 5 and plain.fused_attention == 0
+    with OnnxRuntimeRunner(exported) as fused, OnnxRuntimeRunner(exported, rewrite=False) as plain:
+        assert fused.rewrites.fused_attention == 5 and plain.rewrites.fused_attention == 0
+        assert fused.rewrites.folded_residual_convs == 10, "glnet_tiny: 5 pos_conv + 5 mlp.1"
         shapes = [(2, 3, 96, 96)] + ([(1, 3, 131, 97)] if fused.metadata and fused.metadata.dynamic == "shape" else [])
         for shape in shapes:
             x = rng.standard_normal(shape, dtype=np.float32)

@@ -13,8 +13,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 import glnet
 from export.onnx import OnnxExportOptions, export_onnx
-from export.residual_fold import fold_residual_depthwise
+from export.openvino import OpenVinoOptions, convert_openvino
+from glnet.layers import ResidualDWConv
 from glnet.testing import perturb_weights_
+from runtimes.onnxruntime import GraphRewrites, OnnxRuntimeRunner
+from runtimes.openvino import OpenVinoRunner
+from runtimes.openvino_fold import fold_residual_depthwise_ov
+from runtimes.residual_fold import fold_residual_depthwise
 
 C = 4
 
@@ -46,7 +51,7 @@ DW3 = {"group": C, "pads": [1, 1, 1, 1], "kernel_shape": [3, 3]}
 DW5 = {"group": C, "pads": [2, 2, 2, 2]}
 
 
-@pytest.mark.parametrize(("convs", "extra_use", "expected"), [
+CASES = pytest.mark.parametrize(("convs", "extra_use", "expected"), [
     ([("w0", DW3, (C, 1, 3, 3)), ("w1", DW5, (C, 1, 5, 5))], False, 2),
     ([("w0", DW3, (C, 1, 3, 3)), ("w0", DW3, (C, 1, 3, 3))], False, 2),  # a shared weight gets a copy
     ([("w0", DW3, (C, 1, 3, 3))], True, 0),  # the Conv's output is used elsewhere
@@ -54,6 +59,9 @@ DW5 = {"group": C, "pads": [2, 2, 2, 2]}
     ([("w0", {**DW3, "dilations": [2, 2], "pads": [2, 2, 2, 2]}, (C, 1, 3, 3))], False, 0),
     ([("w0", {"group": C, "pads": [0, 0, 0, 0]}, (C, 1, 1, 1))], False, 1),  # 1x1 depthwise: a scale
 ])
+
+
+@CASES
 def test_only_exact_matches_fold_and_outputs_stay_the_same(convs: list, extra_use: bool, expected: int) -> None:
     model = _graph(convs, extra_use)
     x = np.random.default_rng(1).standard_normal((1, C, 9, 9)).astype(np.float32)
@@ -69,17 +77,48 @@ def test_only_exact_matches_fold_and_outputs_stay_the_same(convs: list, extra_us
     assert fold_residual_depthwise(folded) == 0, "folding twice changes nothing more"
 
 
-def test_the_export_folds_every_pos_conv_and_mlp_dwconv(tmp_path: Path) -> None:
+def test_the_file_keeps_its_residual_adds_and_the_onnxruntime_session_folds_them(tmp_path: Path) -> None:
     model = perturb_weights_(glnet.create_model("glnet_tiny"), seed=3)
-    residual = sum(1 for name, _ in model.named_modules() if name.endswith(("pos_conv", "mlp.1")))
-    assert residual > 0
-    folded, plain = tmp_path / "folded.onnx", tmp_path / "plain.onnx"
-    export_onnx(model, folded, OnnxExportOptions(dynamic="shape", input_size=(64, 64)))
-    export_onnx(model, plain, OnnxExportOptions(dynamic="shape", input_size=(64, 64), simplify=False))
-    proto = onnx.load(folded)
-    assert fold_residual_depthwise(proto) == 0, "nothing foldable is left in the written file"
-    assert fold_residual_depthwise(onnx.load(plain)) == residual, "--no-simplify keeps the exporter's graph"
+    residual = sum(1 for name, module in model.named_modules()
+                   if isinstance(module, ResidualDWConv) or (name.endswith("pos_conv") and module is not None))
+    assert residual == 10
+    path = tmp_path / "tiny.onnx"
+    export_onnx(model, path, OnnxExportOptions(dynamic="shape", input_size=(64, 64)))
+    assert fold_residual_depthwise(onnx.load(path)) == residual, "the file is not folded (bf16 and int8 read it)"
     x = np.random.default_rng(2).standard_normal((2, 3, 96, 64)).astype(np.float32)
-    a = ort.InferenceSession(str(plain), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
-    b = ort.InferenceSession(str(folded), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    with OnnxRuntimeRunner(path) as folded, OnnxRuntimeRunner(path, rewrite=False) as plain:
+        assert folded.rewrites.folded_residual_convs == residual and plain.rewrites == GraphRewrites()
+        a, b = plain.infer(x), folded.infer(x)
+    assert float(np.abs(a - b).max() / np.abs(a).max()) < 1e-5
+
+
+@CASES
+def test_openvino_folds_the_same_matches(convs: list, extra_use: bool, expected: int, tmp_path: Path) -> None:
+    ov = pytest.importorskip("openvino")
+    path = tmp_path / "g.onnx"
+    onnx.save(_graph(convs, extra_use), path)
+    core = ov.Core()
+    x = np.random.default_rng(1).standard_normal((1, C, 9, 9)).astype(np.float32)
+    before = core.compile_model(core.read_model(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(x)
+    model = core.read_model(path)
+    assert fold_residual_depthwise_ov(model) == expected
+    assert fold_residual_depthwise_ov(model) == 0
+    after = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(x)
+    for i in range(len(before)):
+        np.testing.assert_allclose(after[i], before[i], rtol=1e-5, atol=1e-5)
+
+
+def test_the_openvino_runner_folds_in_f32_only(tmp_path: Path) -> None:
+    pytest.importorskip("openvino")
+    model = perturb_weights_(glnet.create_model("glnet_tiny"), seed=3)
+    path = tmp_path / "tiny.onnx"
+    export_onnx(model, path, OnnxExportOptions(dynamic="batch", input_size=(64, 64)))
+    ir = convert_openvino(path, tmp_path / "tiny.xml", OpenVinoOptions(precision="fp32")).xml
+    x = np.random.default_rng(2).standard_normal((3, 3, 64, 64)).astype(np.float32)
+    with (OpenVinoRunner(ir, threads=2, precision="fp32") as folded,
+          OpenVinoRunner(ir, threads=2, precision="fp32", rewrite=False) as plain,
+          OpenVinoRunner(ir, threads=2, precision="bf16") as bf16):
+        assert folded.folded_residual_convs == 10 and plain.folded_residual_convs == 0
+        assert bf16.folded_residual_convs == 0, "in bf16 the identity would round in the weight"
+        a, b = plain.infer(x), folded.infer(x)
     assert float(np.abs(a - b).max() / np.abs(a).max()) < 1e-5

@@ -22,8 +22,7 @@ def onnx(
     input_size: Annotated[str, typer.Option("--input-size", help="N or HxW; the export shape.")] = "224",
     batch: Annotated[int, typer.Option(help="Batch size: fixed with --dynamic none, else the first one verified.")] = 1,
     dynamic: Annotated[str, typer.Option(help="none | batch | shape (batch, height and width).")] = "batch",
-    simplify: Annotated[bool, typer.Option(
-        help="Simplify the graph: onnxsim, then fold residual depthwise convolutions into their kernels.")] = True,
+    simplify: Annotated[bool, typer.Option(help="Simplify the graph with onnxsim.")] = True,
     verify: Annotated[bool, typer.Option(help="Run the file in onnxruntime against PyTorch after export.")] = True,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON ('-' for stdout).")] = None,
     use_ema: Annotated[bool, typer.Option("--ema", help="Use the checkpoint's EMA weights.")] = False,
