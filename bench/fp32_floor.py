@@ -7,12 +7,16 @@ per-layer counters on, and times it in alternation with PyTorch eager. Prints Op
 time per layer kind, split into compute kernels (convolutions, fully-connected and matmul
 layers) and the rest (reorders, transposes, adds, normalisations, softmaxes), and the ratio
 of the compute kernels alone to eager: no graph rewrite that keeps those kernels can beat it.
+Then puts the kernels against the machine's fp32 matrix-multiply ceiling (a 2048^3 matmul
+in PyTorch, as the field notes measured it): how fast they run, and what the model's MACs
+would take if every one of them ran at that ceiling.
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -24,10 +28,26 @@ from bench.pools import compile_openvino
 from bench.runner import interleave, paired_ratio
 from bench.timing import make_inputs
 from export.onnx import OnnxExportOptions, export_onnx
+from glnet.complexity import count_complexity
 from glnet.testing import perturb_weights_
 from runtimes.torch import TorchRunner
 
 COMPUTE = frozenset({"Convolution", "GroupConvolution", "FullyConnected", "MatMul"})
+
+
+def sgemm_ceiling(threads: int, n: int = 2048, repeats: int = 8) -> float:
+    """GFLOP/s of the best of `repeats` n x n x n fp32 matmuls on `threads` threads."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # the first call sets up the BLAS threads
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn) -> float:  # type: ignore[no-untyped-def]
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -75,6 +95,12 @@ def main() -> None:
     eager_p50 = stats["pytorch eager"].p50
     print(f"  openvino f32 / eager: {paired_ratio(blocks, 'openvino f32', 'pytorch eager'):.3f} (paired blocks); "
           f"compute kernels alone / eager p50: {compute / eager_p50:.3f} (the issue's target: 0.40)")
+    ceiling = sgemm_ceiling(args.threads)
+    gflop = 2 * count_complexity(args.model, shape[2:]).macs / 1e9
+    at_ceiling = gflop / ceiling * 1000
+    print(f"  fp32 matmul ceiling (2048^3, {args.threads} threads): {ceiling:.0f} GFLOP/s; the model's "
+          f"{gflop:.2f} GFLOP take {at_ceiling:.1f} ms there ({at_ceiling / eager_p50:.3f} of eager p50); "
+          f"OpenVINO's compute kernels run at {gflop / compute * 1000 / ceiling:.0%} of that ceiling")
 
 
 if __name__ == "__main__":
