@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from types import TracebackType
+from typing import TypeVar
 
 import numpy as np
 
@@ -18,6 +19,8 @@ from glnet_export.metadata import ArtifactMetadata
 
 Dim = int | str | None  # a fixed size, a symbolic name, or unknown
 
+
+_R = TypeVar("_R", bound="Runner")
 
 class RuntimeInputError(GlnetExportError, ValueError):
     """An input array the artifact cannot take."""
@@ -80,7 +83,7 @@ class Runner(ABC):
             self._closed = True
             self._close()
 
-    def __enter__(self) -> Runner:
+    def __enter__(self: _R) -> _R:  # `with OpenVinoRunner(...) as r`: r keeps its own attributes
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -27,7 +27,9 @@ C = 4
 def _graph(convs: list[tuple[str, dict, tuple[int, ...]]], extra_use: bool = False) -> onnx.ModelProto:
     """x -> for each (weight name, Conv attributes, kernel shape): x = x + Conv(x) -> y."""
     rng = np.random.default_rng(0)
-    nodes, inits, x = [], [], "x"
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+    x = "x"
     for i, (weight, attrs, kernel) in enumerate(convs):
         if weight not in {t.name for t in inits}:
             inits.append(numpy_helper.from_array(rng.standard_normal(kernel).astype(np.float32), weight))
