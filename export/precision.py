@@ -37,9 +37,10 @@ from .layer_norm import fuse_channel_layer_norms
 PRECISIONS = ("fp32", "fp16", "int8")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 # The ops of F.normalize as exported (ReduceL2 -> Clip -> Expand -> Div), of its spelled-out
-# forms, and of the slot-scale multiply between the normalisation and the logits MatMul.
+# forms, of the slot-scale multiply between the normalisation and the logits MatMul, and the
+# Transpose that turns the normalised pixel tokens (B x HW x C) into the MatMul's B x C x HW.
 _NORMALIZE_OPS = {"ReduceL2", "ReduceSumSquare", "ReduceSum", "Pow", "Sqrt", "Clip", "Max", "Expand", "Div", "Mul",
-                  "Reciprocal"}
+                  "Reciprocal", "Transpose"}
 
 
 @dataclass
@@ -103,8 +104,10 @@ def sensitive_nodes(model: onnx.ModelProto, include_slot_matmuls: bool = False) 
         if len(softmaxes) < 2:
             continue
         keep += [node.name] + [s.name for s in softmaxes]
-        if include_slot_matmuls:
-            keep += [u.name for s in softmaxes for u in users.get(s.output[0], []) if u.op_type == "MatMul"]
+        if include_slot_matmuls:  # directly, or through the Transpose of the dispatch weights
+            after = [u for s in softmaxes for u in users.get(s.output[0], [])]
+            after += [u for t in after if t.op_type == "Transpose" for u in users.get(t.output[0], [])]
+            keep += [u.name for u in after if u.op_type == "MatMul"]
         stack = list(node.input)
         while stack:  # walk up both inputs through the normalisation ops
             up = producer.get(stack.pop())

@@ -121,6 +121,16 @@ def pool_8x8(x: Tensor) -> Tensor:
     return torch.matmul(p_h, torch.matmul(x, p_w.transpose(0, 1)))
 
 
+def to_tokens(x: Tensor) -> Tensor:
+    """B x C x H x W -> B x HW x C, through NHWC order (the deploy form's token layout)."""
+    return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])
+
+
+def from_tokens(t: Tensor, like: Tensor) -> Tensor:
+    """B x HW x C -> B x C x H x W, with H and W read from `like` (the inverse of `to_tokens`)."""
+    return t.reshape(like.shape[0], like.shape[2], like.shape[3], -1).permute(0, 3, 1, 2)
+
+
 def l2_normalize(x: Tensor, dim: int) -> Tensor:
     """`F.normalize(x, dim=dim)` without its `expand_as`, which exports as an Expand node."""
     return x / torch.linalg.vector_norm(x, dim=dim, keepdim=True).clamp_min(L2_EPS)
