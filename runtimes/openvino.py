@@ -74,6 +74,31 @@ def stored_precision(model: Any) -> tuple[str, int]:
     return ("fp16" if constants["fp16"] > constants["fp32"] else "fp32"), 0
 
 
+def computes_f32(core: Any, device: str, precision: str | None) -> bool:
+    """Whether float layers will run in f32 on `device`: asked for, or the device's default."""
+    if precision is not None:
+        return PRECISION_HINTS.get(precision.lower()) == "f32"
+    try:
+        hint = core.get_property(device.upper(), "INFERENCE_PRECISION_HINT")
+    except RuntimeError:
+        return False
+    name = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+    return _OV_FLOAT.get(name) == "fp32"
+
+
+def fold_for_f32(core: Any, model: Any, device: str, precision: str | None) -> int:
+    """Fold h + DWConv(h) into the kernels (`openvino_fold`) if `model` will compute in f32.
+
+    Not for int8 IRs (their kernels are quantized) nor bf16/f16 compute (the identity would
+    round in the weight). Returns how many were folded.
+    """
+    if stored_precision(model)[1] or not computes_f32(core, device, precision):
+        return 0
+    from .openvino_fold import fold_residual_depthwise_ov
+
+    return fold_residual_depthwise_ov(model)
+
+
 def _spec(port: Any, names: tuple[str, ...]) -> TensorSpec:
     dims: list[int | str | None] = []
     for axis, dim in enumerate(port.get_partial_shape()):
@@ -146,11 +171,7 @@ class OpenVinoRunner(Runner):
         self.requested_precision = precision
         # In f32 the residual depthwise convolutions fold into their kernels (about 3%
         # faster); in bf16 or f16 the identity would round in a weight (`residual_fold`).
-        self.folded_residual_convs = 0
-        if rewrite and not self.int8_nodes and self._computes_f32(core, precision):
-            from .openvino_fold import fold_residual_depthwise_ov
-
-            self.folded_residual_convs = fold_residual_depthwise_ov(model)
+        self.folded_residual_convs = fold_for_f32(core, model, self.device, precision) if rewrite else 0
 
         settings: dict[str, Any] = dict(config)
         if precision is not None:
@@ -187,17 +208,6 @@ class OpenVinoRunner(Runner):
             self.precision = "int8"
         else:
             self.precision = coarsest(self.float_precision, self.weights_precision)
-
-    def _computes_f32(self, core: Any, precision: str | None) -> bool:
-        """Whether float layers will run in f32: asked for, or the device's default."""
-        if precision is not None:
-            return PRECISION_HINTS[precision.lower()] == "f32"
-        try:
-            hint = core.get_property(self.device, "INFERENCE_PRECISION_HINT")
-        except RuntimeError:
-            return False
-        name = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
-        return _OV_FLOAT.get(name) == "fp32"
 
     def _first_shape(self) -> tuple[int, ...]:
         """Batch 1 at the size the artifact was exported at (metadata), for dynamic dims."""
