@@ -42,26 +42,30 @@ class GraphRewrites:
 
     fused_attention: int = 0  # MHA subgraphs -> com.microsoft.Attention (runtimes.ort_fusion)
     folded_residual_convs: int = 0  # h + DWConv(h) -> DWConv' (runtimes.residual_fold)
+    fused_layer_norms: int = 0  # spelled-out channel LayerNorms -> LayerNormalization (export.layer_norm)
 
 
 def session_source(path: str | Path, device: str = "cpu", rewrite: bool = True) -> tuple[str | bytes, GraphRewrites]:
     """What to hand `InferenceSession` for `path`, and what was rewritten in it.
 
     The rewrites happen in memory only: the contrib Attention op exists in onnxruntime
-    alone (see `ort_fusion`), and the residual fold is for fp32 execution (see
-    `residual_fold`), so the file on disk stays standard ONNX for TensorRT and OpenVINO.
+    alone (see `ort_fusion`), the residual fold is for fp32 execution (see `residual_fold`),
+    and the channel LayerNorms that the deploy form spells out for OpenVINO run about 4%
+    faster here as Transpose -> LayerNormalization -> Transpose (onnxruntime's reductions
+    over axis 1 of an NCHW map are slow). The file on disk stays as exported.
     """
     if not rewrite or device not in ("cpu", "cuda"):
         return str(path), GraphRewrites()
     import onnx
 
+    from export.layer_norm import fuse_channel_layer_norms
+
     from .ort_fusion import fuse_attention
     from .residual_fold import fold_residual_depthwise
 
     model = onnx.load(str(path))
-    done = GraphRewrites(fuse_attention(model), fold_residual_depthwise(model))
-    changed = done.fused_attention or done.folded_residual_convs
-    return (model.SerializeToString(), done) if changed else (str(path), done)
+    done = GraphRewrites(fuse_attention(model), fold_residual_depthwise(model), fuse_channel_layer_norms(model))
+    return (model.SerializeToString(), done) if done != GraphRewrites() else (str(path), done)
 
 
 class OnnxRuntimeRunner(Runner):
