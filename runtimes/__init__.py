@@ -18,11 +18,13 @@ SUFFIXES = {".onnx": "onnxruntime", ".xml": "openvino", ".engine": "tensorrt", "
 
 
 def load(path: str | Path, device: str = "cpu", threads: int | None = None, precision: str | None = None,
-         **kwargs: Any) -> Runner:
+         rewrite: bool = True, **kwargs: Any) -> Runner:
     """A runner for the artifact at `path`, the back-end chosen by the file type.
 
     `precision` asks a back-end that picks its own compute precision (OpenVINO) for one;
-    the runner's `precision` attribute always says what actually runs.
+    the runner's `precision` attribute always says what actually runs. `rewrite=False`
+    runs an ONNX file or IR exactly as it is, without the in-memory graph rewrites that
+    onnxruntime and OpenVINO get for speed (attention and LayerNorm fusion, residual fold).
     """
     path = Path(path)
     backend = SUFFIXES.get(path.suffix.lower())
@@ -34,11 +36,11 @@ def load(path: str | Path, device: str = "cpu", threads: int | None = None, prec
     if backend == "onnxruntime":
         from .onnxruntime import OnnxRuntimeRunner
 
-        return OnnxRuntimeRunner(path, device=device, threads=threads)
+        return OnnxRuntimeRunner(path, device=device, threads=threads, rewrite=rewrite)
     if backend == "openvino":
         from .openvino import OpenVinoRunner
 
-        return OpenVinoRunner(path, device=device, threads=threads, precision=precision, **kwargs)
+        return OpenVinoRunner(path, device=device, threads=threads, precision=precision, rewrite=rewrite, **kwargs)
     from .tensorrt import TensorRTRunner
 
     return TensorRTRunner(path, device=device, **kwargs)

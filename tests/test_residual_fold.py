@@ -12,6 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import glnet
+import runtimes
 from export.onnx import OnnxExportOptions, export_onnx
 from export.openvino import OpenVinoOptions, convert_openvino
 from glnet.layers import ResidualDWConv
@@ -90,6 +91,8 @@ def test_the_file_keeps_its_residual_adds_and_the_onnxruntime_session_folds_them
     x = np.random.default_rng(2).standard_normal((2, 3, 96, 64)).astype(np.float32)
     with OnnxRuntimeRunner(path) as folded, OnnxRuntimeRunner(path, rewrite=False) as plain:
         assert folded.rewrites.folded_residual_convs == residual and plain.rewrites == GraphRewrites()
+        with runtimes.load(path, rewrite=False) as loaded:
+            assert isinstance(loaded, OnnxRuntimeRunner) and loaded.rewrites == GraphRewrites()
         a, b = plain.infer(x), folded.infer(x)
     assert float(np.abs(a - b).max() / np.abs(a).max()) < 1e-5
 
