@@ -21,11 +21,6 @@ def _single_user(output: Any) -> bool:
     return len([u for u in users if u != "ShapeOf"]) == 1
 
 
-def _same_port(a: Any, b: Any) -> bool:
-    return a.get_node() is b.get_node() or (a.get_node().get_friendly_name() == b.get_node().get_friendly_name()
-                                            and a.get_index() == b.get_index())
-
-
 def _depthwise_kernel(conv: Any) -> np.ndarray | None:
     """A copy of the f32 kernel (G x 1 x 1 x k x k) of a foldable depthwise GroupConvolution."""
     if conv.get_type_name() != "GroupConvolution":
@@ -65,7 +60,7 @@ def fold_residual_depthwise_ov(model: Any) -> int:
             elif not _single_user(branch):
                 continue
             kernel = _depthwise_kernel(conv)
-            if kernel is None or not _same_port(conv.input_value(0), add.input_value(1 - i)):
+            if kernel is None or conv.input_value(0) != add.input_value(1 - i):  # Outputs compare by node and port
                 continue
             kernel[:, 0, 0, kernel.shape[3] // 2, kernel.shape[4] // 2] += 1.0
             conv.input(1).replace_source_output(ops.constant(kernel).output(0))
