@@ -14,7 +14,7 @@ in the tensor's own type. For int8 the clustering and dispatching MatMuls, which
 the slot softmaxes, stay unquantized too, as a precaution: per-tensor int8 leaves few
 levels for assignment probabilities of about 1/HW (random weights show no difference).
 Before any of this, the deploy form's spelled-out channel LayerNorms are fused back into
-LayerNormalization nodes (`export.layer_norm`), the form TensorRT has a kernel for.
+LayerNormalization nodes (`runtimes.layer_norm`), the form TensorRT has a kernel for.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ import onnx
 
 from glnet_export.errors import ExportError, OptionError, one_line
 from glnet_export.metadata import ArtifactMetadata, MetadataError
+from runtimes.layer_norm import fuse_channel_layer_norms
 
 from .atomic import atomic_outputs, check_writable
-from .layer_norm import fuse_channel_layer_norms
 
 PRECISIONS = ("fp32", "fp16", "int8")
 CALIB_METHODS = ("minmax", "entropy", "percentile")

@@ -42,7 +42,7 @@ class GraphRewrites:
 
     fused_attention: int = 0  # MHA subgraphs -> com.microsoft.Attention (runtimes.ort_fusion)
     folded_residual_convs: int = 0  # h + DWConv(h) -> DWConv' (runtimes.residual_fold)
-    fused_layer_norms: int = 0  # spelled-out channel LayerNorms -> LayerNormalization (export.layer_norm)
+    fused_layer_norms: int = 0  # spelled-out channel LayerNorms -> LayerNormalization (runtimes.layer_norm)
 
 
 def session_source(path: str | Path, device: str = "cpu", rewrite: bool = True) -> tuple[str | bytes, GraphRewrites]:
@@ -58,8 +58,7 @@ def session_source(path: str | Path, device: str = "cpu", rewrite: bool = True) 
         return str(path), GraphRewrites()
     import onnx
 
-    from export.layer_norm import fuse_channel_layer_norms
-
+    from .layer_norm import fuse_channel_layer_norms
     from .ort_fusion import fuse_attention
     from .residual_fold import fold_residual_depthwise
 

@@ -17,7 +17,6 @@ from typer.testing import CliRunner
 
 import glnet
 import runtimes
-from export.layer_norm import fuse_channel_layer_norms
 from export.onnx import OnnxExportOptions, _quiet_exporter, export_onnx
 from export.precision import PrecisionOptions, sensitive_nodes, to_fp16, write_precision_onnx
 from export.verify import VerifyOptions, verify_artifact
@@ -25,6 +24,7 @@ from glnet.blocks import GLMixBlock
 from glnet_export.cli import app
 from glnet_export.errors import GlnetExportError, OptionError
 from glnet_export.photos import sample_photo_paths
+from runtimes.layer_norm import fuse_channel_layer_norms
 
 FLOAT, FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
 
