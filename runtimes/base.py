@@ -22,6 +22,7 @@ Dim = int | str | None  # a fixed size, a symbolic name, or unknown
 
 _R = TypeVar("_R", bound="Runner")
 
+
 class RuntimeInputError(GlnetExportError, ValueError):
     """An input array the artifact cannot take."""
 
