@@ -71,8 +71,12 @@ def _inputs(images: np.ndarray, meta: ArtifactMetadata) -> torch.Tensor:
     return torch.from_numpy(np.concatenate([preprocess(img, meta) for img in images]))
 
 
-def train_digits(epochs: int = 6, seed: int = 0, budget_s: float = 60.0) -> TrainedDigits:
-    """Train glnet_tiny on the digits; stops early when `budget_s` is spent."""
+def train_digits(epochs: int = 6, seed: int = 0) -> TrainedDigits:
+    """Train glnet_tiny on the digits for `epochs` full epochs.
+
+    Deliberately no time budget: training cut short on a busy machine would make the
+    accuracy the tests assert depend on the load. The same seed gives the same weights.
+    """
     torch.manual_seed(seed)
     images, labels = _rgb_digits()
     order = np.random.default_rng(seed).permutation(len(images))
@@ -92,7 +96,7 @@ def train_digits(epochs: int = 6, seed: int = 0, budget_s: float = 60.0) -> Trai
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        _train(model, opt, sched, x_train, y_train, epochs, gen, start, budget_s)
+        _train(model, opt, sched, x_train, y_train, epochs, gen)
     finally:
         torch.set_num_threads(threads)
     model.eval()
@@ -105,8 +109,7 @@ def train_digits(epochs: int = 6, seed: int = 0, budget_s: float = 60.0) -> Trai
 
 
 def _train(model: GLNet, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
-           x: torch.Tensor, y: torch.Tensor, epochs: int, gen: torch.Generator, start: float,
-           budget_s: float) -> None:
+           x: torch.Tensor, y: torch.Tensor, epochs: int, gen: torch.Generator) -> None:
     for _ in range(epochs):
         perm = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x), 64):
@@ -116,8 +119,6 @@ def _train(model: GLNet, opt: torch.optim.Optimizer, sched: torch.optim.lr_sched
             loss.backward()
             opt.step()
             sched.step()
-            if time.perf_counter() - start > budget_s:
-                return  # an honest, shorter training beats a test that overruns
 
 
 if __name__ == "__main__":

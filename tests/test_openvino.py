@@ -61,7 +61,7 @@ def tiny_fp32(tiny_onnx: Path, work: Path) -> Path:
 @pytest.fixture(scope="session")
 def digits() -> TrainedDigits:
     """glnet_tiny trained on scikit-learn's digits (~25 s on two cores), once per session."""
-    return train_digits(budget_s=45.0)
+    return train_digits()
 
 
 @pytest.fixture(scope="module")
