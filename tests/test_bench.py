@@ -280,14 +280,12 @@ def test_benchmark_end_to_end(tmp_path: Path) -> None:
     onnx = rows["onnxruntime"]
     assert onnx["status"] == "ok" and onnx["top1"] == 1.0 and onnx["max_rel"] < 1e-4 and onnx["size_bytes"] > 0
     assert onnx["photo_samples"] > 0 and onnx["p50_ms"] > 0 and onnx["throughput"] > 0
-    for fmt in ("openvino-fp32", "openvino-int8"):
-        if rows[fmt]["status"] == "skipped":
-            continue  # OpenVINO not installed: the reason says so
+    for fmt in ("openvino-fp32", "openvino-int8"):  # OpenVINO and NNCF come with the dev extras: they must run
+        assert rows[fmt]["status"] == "ok", rows[fmt]
         assert rows[fmt]["precision"] == fmt.split("-")[1] and rows[fmt]["top1"] is not None, rows[fmt]
-    assert rows["openvino-fp32"]["status"] in ("ok", "skipped")
     trt = rows["tensorrt-fp32"]
-    assert trt["status"] in ("skipped", "ok") and (trt["reason"] or trt["status"] == "ok")
-    failed = any(r["status"] in ("FAILED", "error") for r in rows.values())
-    assert result.exit_code == (1 if failed else 0), result.output
+    if trt["status"] != "ok":  # TensorRT cannot be installed on these machines: skipped, saying why
+        assert trt["status"] == "skipped" and "TensorRT" in trt["reason"], trt
+    assert result.exit_code == 0, result.output
     assert "format" in result.output and "onnxruntime" in result.output
     assert {a["name"] for a in data["artifacts"]} >= {"pytorch", "onnxruntime"}
