@@ -21,6 +21,7 @@ from export.onnx import OnnxExportOptions, _quiet_exporter, export_onnx
 from export.precision import PrecisionOptions, sensitive_nodes, to_fp16, write_precision_onnx
 from export.verify import VerifyOptions, verify_artifact
 from glnet.blocks import GLMixBlock
+from glnet.testing import perturb_weights_
 from glnet_export.cli import app
 from glnet_export.errors import GlnetExportError, OptionError
 from glnet_export.photos import sample_photo_paths
@@ -32,7 +33,9 @@ FLOAT, FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
-    net = glnet.create_model("glnet_tiny").eval()
+    # Perturbed weights: with a fresh init every LayerNorm is the identity affine and a
+    # fusion that lost (or swapped) a norm's scale and bias would still compute the same.
+    net = perturb_weights_(glnet.create_model("glnet_tiny").eval(), seed=7)
     path = tmp_path_factory.mktemp("precision") / "glnet_tiny.onnx"
     export_onnx(net, path, OnnxExportOptions(dynamic="batch"))
     return net, path
