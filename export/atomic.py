@@ -26,11 +26,18 @@ def check_writable(target: Path) -> None:
     if target.is_dir():
         raise OutputPathError(f"{target}: is a folder, expected a file name")
     if not folder.is_dir():
-        raise OutputPathError(f"{target}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputPathError(f"{target}: folder {folder} is not writable")
+        reason = "is not a folder" if folder.exists() else "does not exist"
+        raise OutputPathError(f"{target}: {folder} {reason}")
     if target.exists() and not os.access(target, os.W_OK):
         raise OutputPathError(f"{target}: file exists and is not writable")
+    # os.access answers yes to root everywhere, also on read-only mounts and in /proc:
+    # creating (and removing) a file in the folder is the test that holds.
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=folder)
+    except OSError as exc:
+        raise OutputPathError(f"{target}: cannot write in folder {folder} ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 @contextlib.contextmanager
