@@ -110,6 +110,8 @@ def test_runner_reports_the_precision_that_actually_ran(tiny_fp32: Path) -> None
     if expected == "bf16":
         # It really computes in bf16: well above fp32's 1e-4, within bf16's 8e-2.
         assert 1e-4 < error < 8e-2
+    else:
+        assert error <= 1e-4, "without bf16 the default is f32 and must compute what pinned f32 does"
     assert default.metadata is not None and default.metadata.model == TINY
 
 

@@ -111,8 +111,7 @@ def test_fp16_keeps_norms_softmaxes_and_logits_matmul_in_fp32(tiny, tmp_path) ->
 def test_fp16_and_int8_onnx_match_pytorch(tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
     net, source = tiny
     photos = sample_photo_paths()
-    if not photos:
-        pytest.skip("no sample photographs (scikit-image) to calibrate int8 with")
+    assert photos, "no sample photographs: scikit-image (a dependency) is missing"
     fp16 = write_precision_onnx(source, tmp_path / "m.fp16.onnx", PrecisionOptions("fp16"))
     int8 = write_precision_onnx(source, tmp_path / "m.int8.onnx", PrecisionOptions("int8", calibration=photos))
     assert int8.quantized > 50 and int8.calibration_images == len(photos)
