@@ -10,11 +10,13 @@ import torch
 from typer.testing import CliRunner
 
 import glnet
+import runtimes
 from export.onnx import OnnxExportOptions, export_onnx
 from glnet.checkpoint import checkpoint_sha256
 from glnet.testing import perturb_weights_
 from glnet_export.cli import app
 from glnet_export.photos import sample_photo_paths
+from glnet_export.preprocess import preprocess
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +32,9 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                 checkpoint_sha256=checkpoint_sha256(ckpt))
     random = folder / "random.onnx"
     export_onnx(model, random, OnnxExportOptions(input_size=(96, 96)))
-    return {"ckpt": ckpt, "other": other, "onnx": with_ckpt, "random": random}
+    other_onnx = folder / "other.onnx"  # the same architecture with other weights
+    export_onnx(glnet.create_model("glnet_tiny", checkpoint=other), other_onnx, OnnxExportOptions(input_size=(96, 96)))
+    return {"ckpt": ckpt, "other": other, "onnx": with_ckpt, "random": random, "other_onnx": other_onnx}
 
 
 def _cli(*args: str) -> tuple[int, str, str]:
@@ -60,8 +64,14 @@ def test_verify_refuses_to_rebuild_random_weights(artifacts: dict[str, Path]) ->
 
 def test_verify_compares_two_artifacts(artifacts: dict[str, Path]) -> None:
     # The same weights exported twice (one records no checkpoint): the pair must agree.
-    code, _, stderr = _cli("verify", str(artifacts["random"]), str(artifacts["onnx"]))
+    code, stdout, stderr = _cli("verify", str(artifacts["random"]), str(artifacts["onnx"]), "--json", "-")
     assert code == 0, stderr
+    report = json.loads(stdout)
+    assert report["passed"] is True and all(r["max_rel"] < 1e-4 for r in report["results"])
+    # Other weights in the same architecture: the pair must not.
+    code, stdout, stderr = _cli("verify", str(artifacts["random"]), str(artifacts["other_onnx"]), "--json", "-")
+    assert code == 1 and "Traceback" not in stderr
+    assert json.loads(stdout)["passed"] is False
 
 
 def test_verify_bad_shape_option(artifacts: dict[str, Path]) -> None:
@@ -80,6 +90,17 @@ def test_predict_prints_sorted_top_k(artifacts: dict[str, Path]) -> None:
         probs = [c["probability"] for c in p["top"]]
         assert len(probs) == 3 and probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
         assert all(isinstance(c["label"], str) and c["label"] for c in p["top"])
+    # The classes and probabilities PyTorch gives the same preprocessed photographs.
+    model = glnet.create_model("glnet_tiny", checkpoint=artifacts["ckpt"]).eval()
+    with runtimes.load(artifacts["onnx"]) as runner:
+        meta = runner.metadata
+    assert meta is not None
+    for path, p in zip(photos, predictions, strict=True):
+        with torch.inference_mode():
+            probs = torch.softmax(model(torch.from_numpy(preprocess(path, meta))), dim=1)[0]
+        top = torch.topk(probs, 3)
+        assert [c["index"] for c in p["top"]] == top.indices.tolist()
+        assert [c["probability"] for c in p["top"]] == pytest.approx(top.values.tolist(), abs=1e-5)
 
 
 def test_predict_unreadable_image_is_one_line(artifacts: dict[str, Path], tmp_path: Path) -> None:
