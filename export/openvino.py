@@ -19,12 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import onnx
-
 from glnet.model import GLNet
 from glnet_export.calibration import DEFAULT_COUNT, load_calibration
 from glnet_export.errors import ExportError, OptionError, one_line
 from glnet_export.metadata import ArtifactMetadata, MetadataError
+from glnet_export.onnx_file import read_onnx
 from glnet_export.verification import VerificationReport
 from runtimes.openvino import RT_INFO_KEY, OpenVinoRunner, import_openvino
 
@@ -85,12 +84,7 @@ def calibration_sizes(meta: ArtifactMetadata) -> list[tuple[int, int]]:
 
 
 def read_onnx_metadata(onnx_path: Path) -> ArtifactMetadata:
-    if not onnx_path.is_file():
-        raise ExportError(f"{onnx_path}: no such file")
-    try:
-        proto = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as exc:
-        raise ExportError(f"{onnx_path}: not a readable ONNX file ({one_line(exc)})") from None
+    proto = read_onnx(onnx_path, load_external_data=False)
     try:
         return ArtifactMetadata.from_props({p.key: p.value for p in proto.metadata_props})
     except MetadataError as exc:

@@ -30,6 +30,7 @@ import onnx
 
 from glnet_export.errors import ExportError, OptionError, one_line
 from glnet_export.metadata import ArtifactMetadata, MetadataError
+from glnet_export.onnx_file import read_onnx
 from runtimes.layer_norm import fuse_channel_layer_norms
 
 from .atomic import atomic_outputs, check_writable
@@ -279,7 +280,7 @@ def write_precision_onnx(source: str | Path, output: str | Path | None = None,
     check_writable(output)
     start = time.perf_counter()
     notes: list[str] = []
-    model = onnx.load(source)
+    model = read_onnx(source)
     props = {p.key: p.value for p in model.metadata_props}
     fused = fuse_channel_layer_norms(model)
     if fused:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from glnet_export.errors import GlnetExportError, OptionError
+from glnet_export.onnx_file import read_onnx
 
 Shape = tuple[int, ...]
 MIN_SIDE = 32  # GLNet down-samples 32x
@@ -94,9 +95,8 @@ class Profile:
 
 def onnx_input(path: Path) -> tuple[str, tuple[int | str | None, ...], int, dict[str, str]]:
     """The first input's name and dims (int, or the symbolic name), the opset, and metadata_props."""
-    import onnx
 
-    model = onnx.load(path, load_external_data=False)
+    model = read_onnx(path, load_external_data=False)
     inp = model.graph.input[0]
     dims: list[int | str | None] = []
     for d in inp.type.tensor_type.shape.dim:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class GlnetExportError(Exception):
     """A known failure with a message fit for one line on stderr."""
@@ -15,10 +17,19 @@ class OptionError(GlnetExportError, ValueError):
     """An option value that cannot work (e.g. an input size below 32)."""
 
 
+class ArtifactLoadError(GlnetExportError, ValueError):
+    """An artifact file that exists but cannot be read (empty, truncated, another format)."""
+
+
+# OpenVINO's messages open with where in its C++ sources they were raised, which says
+# nothing to a user: "Exception from src/inference/src/cpp/core.cpp:84:".
+_SOURCE_LOCATION = re.compile(r"^(Exception from )?\S+\.(cpp|hpp|cc|h):\d+:?$")
+
+
 def one_line(exc: BaseException, limit: int = 300) -> str:
     """The first non-empty line of an exception's message, or its class name."""
     for line in str(exc).splitlines():
-        if line.strip():
+        if line.strip() and not _SOURCE_LOCATION.match(line.strip()):
             text = line.strip()
             return text if len(text) <= limit else text[: limit - 3] + "..."
     return exc.__class__.__name__

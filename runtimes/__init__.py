@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from glnet_export.errors import ArtifactLoadError, GlnetExportError, one_line
+
 from .base import BackendUnavailableError, Runner, RuntimeInputError, TensorSpec
 
 if TYPE_CHECKING:
@@ -27,12 +29,26 @@ def load(path: str | Path, device: str = "cpu", threads: int | None = None, prec
     onnxruntime and OpenVINO get for speed (attention and LayerNorm fusion, residual fold).
     """
     path = Path(path)
+    if path.is_dir():
+        raise RuntimeInputError(f"{path}: is a folder, not an artifact file")
     backend = SUFFIXES.get(path.suffix.lower())
     if backend is None:
         known = ", ".join(sorted(SUFFIXES))
         raise RuntimeInputError(f"{path}: unsupported artifact type {path.suffix!r} (known: {known})")
     if not path.is_file():
         raise RuntimeInputError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ArtifactLoadError(f"{path}: empty file")
+    try:
+        return _runner(path, backend, device, threads, precision, rewrite, **kwargs)
+    except (GlnetExportError, TypeError, AttributeError, NameError, AssertionError):
+        raise  # ours, with their own message, or a bug that must not pass for a bad file
+    except Exception as exc:  # what the back-end says of a file it cannot parse or compile
+        raise ArtifactLoadError(f"{path}: {backend} cannot load it ({one_line(exc)})") from exc
+
+
+def _runner(path: Path, backend: str, device: str, threads: int | None, precision: str | None, rewrite: bool,
+            **kwargs: Any) -> Runner:
     if backend == "onnxruntime":
         from .onnxruntime import OnnxRuntimeRunner
 
@@ -55,4 +71,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["BackendUnavailableError", "Predictor", "Runner", "RuntimeInputError", "TensorSpec", "load"]
+__all__ = ["ArtifactLoadError", "BackendUnavailableError", "Predictor", "Runner", "RuntimeInputError", "TensorSpec",
+           "load"]

@@ -23,6 +23,7 @@ from typing import Any
 from glnet_export.errors import GlnetExportError, OptionError
 from glnet_export.labels import labels_for
 from glnet_export.metadata import ArtifactMetadata, MetadataError
+from glnet_export.onnx_file import read_onnx
 from runtimes.base import BackendUnavailableError
 
 INSTALL_HINT = "tritonclient is not installed: pip install 'glnet-export[triton]'"
@@ -95,10 +96,9 @@ def import_model_config() -> Any:
 # -- what the artifact says about itself ----------------------------------------------
 
 def _onnx_specs(path: Path) -> tuple[list[tuple[str, str, Dims]], list[tuple[str, str, Dims]], dict[str, str]]:
-    import onnx
     from onnx import helper
 
-    model = onnx.load(str(path), load_external_data=False)
+    model = read_onnx(path, load_external_data=False)
     initializers = {t.name for t in model.graph.initializer}
 
     def spec(v: Any) -> tuple[str, str, Dims]:
@@ -264,7 +264,7 @@ def _external_data(onnx_path: Path) -> list[Path]:
     """Side files of an ONNX model with external weights (kept beside model.onnx by name)."""
     import onnx
 
-    model = onnx.load(str(onnx_path), load_external_data=False)
+    model = read_onnx(onnx_path, load_external_data=False)
     names = {e.value for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
              for e in t.external_data if e.key == "location"}
     return [onnx_path.parent / n for n in sorted(names)]

@@ -1,0 +1,31 @@
+"""Reading an ONNX file with one clear error for a file that is not one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import ArtifactLoadError, one_line
+
+if TYPE_CHECKING:
+    import onnx
+
+
+def read_onnx(path: str | Path, load_external_data: bool = True) -> onnx.ModelProto:
+    """The model in `path`; ArtifactLoadError (one line) if it is missing, empty or not ONNX."""
+    import onnx
+
+    path = Path(path)
+    if path.is_dir():
+        raise ArtifactLoadError(f"{path}: is a folder, not an ONNX file")
+    if not path.is_file():
+        raise ArtifactLoadError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ArtifactLoadError(f"{path}: empty file")
+    try:
+        model = onnx.load(str(path), load_external_data=load_external_data)
+    except Exception as exc:  # protobuf's DecodeError, a missing external-data file, ...
+        raise ArtifactLoadError(f"{path}: not a readable ONNX file ({one_line(exc)})") from exc
+    if not model.graph.node:
+        raise ArtifactLoadError(f"{path}: not a readable ONNX file (no graph in it)")
+    return model
