@@ -46,18 +46,22 @@ class Budget:
         value = str(text).strip().lower()
         try:
             if value.endswith("ms"):
-                return cls(seconds=float(value[:-2]) / 1e3, minimum=minimum)
-            if value.endswith("s"):
-                return cls(seconds=float(value[:-1]), minimum=minimum)
-            return cls(count=int(value), minimum=minimum)
+                budget = cls(seconds=float(value[:-2]) / 1e3, minimum=minimum)
+            elif value.endswith("s"):
+                budget = cls(seconds=float(value[:-1]), minimum=minimum)
+            else:
+                budget = cls(count=int(value), minimum=minimum)
         except ValueError:
             raise OptionError(f"{text!r} is neither a number of iterations (20) nor a duration (5s, 500ms)") from None
+        if (budget.count or 0) < 0 or (budget.seconds or 0.0) < 0:
+            raise OptionError(f"{text!r}: a number of iterations or a duration cannot be negative")
+        return budget
 
     def progress(self, runs: int, elapsed: float) -> float:
         """Fraction done; 1.0 or more when the phase is over."""
         if self.count is not None:
-            return runs / self.count if self.count else 1.0
-        if not self.seconds:
+            return runs / self.count if self.count > 0 else 1.0
+        if not self.seconds or self.seconds <= 0:
             return 1.0
         by_time = elapsed / self.seconds
         return min(by_time, runs / self.minimum) if runs < self.minimum else by_time
@@ -90,6 +94,14 @@ class BenchOptions:
             raise OptionError("input sizes must be at least 32 (GLNet down-samples 32x)")
         if self.streams is not None and self.streams < 1:
             raise OptionError(f"--streams must be >= 1, not {self.streams}")
+        if self.threads is not None and self.threads < 1:
+            raise OptionError(f"--threads must be >= 1, not {self.threads}")
+        if self.measure.count is not None and self.measure.count < 1:
+            raise OptionError(f"--iters must be >= 1, not {self.measure.count}")
+        if self.measure.count is None and not (self.measure.seconds or 0) > 0:
+            raise OptionError(f"--duration must be above 0 s, not {self.measure.seconds} s")
+        if (self.warmup.count or 0) < 0 or (self.warmup.seconds or 0) < 0:
+            raise OptionError("--warmup cannot be negative")
 
 
 @dataclass

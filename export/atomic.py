@@ -40,6 +40,12 @@ def check_writable(target: Path) -> None:
     os.unlink(probe)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_outputs(*targets: Path) -> Iterator[list[Path]]:
     """Yield temporary paths for `targets`; rename them into place only on success.
@@ -55,7 +61,11 @@ def atomic_outputs(*targets: Path) -> Iterator[list[Path]]:
             os.close(fd)
             temps.append(Path(name))
         yield temps
+        # mkstemp makes its files private (0600); an artifact gets the mode any new file
+        # would get, so that a serving process running as another user can read it.
+        mode = 0o666 & ~_umask()
         for temp, target in reversed(list(zip(temps, targets, strict=True))):
+            os.chmod(temp, mode)
             os.replace(temp, target)
     finally:
         for temp in temps:

@@ -114,6 +114,16 @@ def test_budget_parsing() -> None:
     assert not Budget(seconds=1.0, minimum=5).reached(4, 10.0), "a time budget still needs its minimum runs"
     with pytest.raises(OptionError, match="neither"):
         Budget.parse("soon")
+    # A negative or empty budget would never be reached (the run hung): refused up front.
+    for text in ("-5", "-1s", "-200ms"):
+        with pytest.raises(OptionError, match="cannot be negative"):
+            Budget.parse(text)
+    for measure, message in ((Budget(count=0), "--iters must be >= 1"), (Budget(count=-3), "--iters must be >= 1"),
+                             (Budget(seconds=0.0), "--duration must be above 0")):
+        with pytest.raises(OptionError, match=message):
+            BenchOptions(measure=measure).validate()
+    with pytest.raises(OptionError, match="--threads must be >= 1"):
+        BenchOptions(threads=0).validate()
 
 
 def test_fixed_axis_is_reported_per_cell_and_ctrl_c_keeps_what_was_measured(fake_clock: list[float]) -> None:

@@ -109,3 +109,29 @@ def test_predict_unreadable_image_is_one_line(artifacts: dict[str, Path], tmp_pa
     code, stdout, stderr = _cli("predict", str(artifacts["onnx"]), str(bad))
     assert code == 1 and "not a readable image" in stderr
     assert len([ln for ln in stderr.splitlines() if ln.startswith("Error:")]) == 1
+
+
+@pytest.mark.parametrize("content", [b"", b"\x08\x07garbage" * 50, "truncated"])
+def test_unreadable_artifacts_get_one_line_in_every_command(content: bytes | str, artifacts: dict[str, Path],
+                                                            tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(artifacts["onnx"].read_bytes()[:4000] if content == "truncated" else content)
+    expected = "empty file" if content == b"" else "cannot load it"
+    photo = str(sample_photo_paths(1)[0])
+    for args in (["verify", str(bad), "--checkpoint", str(artifacts["ckpt"])], ["predict", str(bad), photo],
+                 ["bench", "run", str(bad), "--iters", "1"], ["slots", str(bad), photo]):
+        code, _, stderr = _cli(*args)
+        errors = [ln for ln in stderr.splitlines() if ln.startswith("Error:")]
+        assert code == 1 and len(errors) == 1 and "unexpected" not in stderr and "Traceback" not in stderr, (args,
+                                                                                                              stderr)
+        assert str(bad) in errors[0] and (expected in errors[0] or "not a readable ONNX file" in errors[0]), errors
+
+
+def test_an_unwritable_json_report_is_refused_before_any_work(artifacts: dict[str, Path], tmp_path: Path) -> None:
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    for args in (["verify", str(artifacts["random"]), str(artifacts["onnx"])], ["onnx", "--model", "glnet_tiny",
+                                                                               "-o", str(tmp_path / "x.onnx")]):
+        code, _, stderr = _cli(*args, "--json", str(a_file / "r.json"))
+        assert code == 1 and "a_file is not a folder" in stderr
+    assert not (tmp_path / "x.onnx").exists(), "refused before exporting"

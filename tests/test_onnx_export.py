@@ -325,3 +325,20 @@ def test_glnet_4g_export_each_dynamic_mode(dynamic: str, glnet_4g: glnet.GLNet, 
     assert report.passed, report.results
     expected = {"none": 1, "batch": 2, "shape": 4}[dynamic]
     assert len(report.results) == expected
+
+
+def test_written_artifacts_get_the_usual_file_mode(tmp_path: Path) -> None:
+    # Written through private temporary files (mkstemp makes them 0600), artifacts must
+    # still be readable by a serving process running as another user, as any new file is.
+    import os
+    import stat
+
+    from export.atomic import atomic_outputs
+
+    with atomic_outputs(tmp_path / "a.onnx", tmp_path / "a.json") as temps:
+        for temp in temps:
+            temp.write_bytes(b"x")
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for name in ("a.onnx", "a.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~mask

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
-from .common import err, fail, handle_errors, out, write_json
+from .common import checked_output, err, fail, handle_errors, out, write_json
 
 
 class DefaultToRun(TyperGroup):
@@ -147,7 +148,8 @@ def run(
     per_layer: Annotated[bool, typer.Option("--per-layer", help="Profile the hottest operator types and layers.")]
     = False,
     top: Annotated[int, typer.Option(help="Rows of the per-layer table.")] = 15,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON ('-': stdout).")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", callback=checked_output,
+                                                   help="Write the results as JSON ('-': stdout).")] = None,
     csv_path: Annotated[Path | None, typer.Option("--csv", help="Write one CSV row per measurement.")] = None,
     plot_path: Annotated[Path | None, typer.Option("--plot", help="Plot latency against input size (PNG).")] = None,
 ) -> None:
@@ -165,6 +167,10 @@ def run(
                            warmup=Budget.parse(warmup, minimum=1), measure=measure, threads=threads, device=device,
                            precision=precision, mode=mode, streams=streams, per_layer=per_layer)
     options.validate()
+    if top < 1:
+        raise fail(f"--top must be >= 1, not {top}")
+    if plot_path is not None and plot_path.suffix.lower() != ".png":
+        raise fail(f"--plot {plot_path}: the plot is a PNG; name the file .png")
     for target in (json_path, csv_path, plot_path):
         if target is not None and str(target) != "-":
             check_writable(target)  # before minutes of timing
@@ -179,8 +185,10 @@ def run(
             try:
                 bench = bench_artifact(path, options, progress)
             except GlnetExportError as exc:
-                failed.append(f"{path}: {one_line(exc)}")
-                err.print(f"[bold red]Error:[/] {path}: {one_line(exc)}", soft_wrap=True)
+                message = one_line(exc)  # most messages name the file already
+                message = message if message.startswith(str(path)) else f"{path}: {message}"
+                failed.append(message)
+                err.print(f"[bold red]Error:[/] {escape(message)}", soft_wrap=True)
                 continue
             benches.append(bench)
             if bench.interrupted:
@@ -224,7 +232,8 @@ def _options_dict(options: Any, artifacts: list[Path]) -> dict[str, Any]:
 def compare(
     a: Annotated[Path, typer.Argument(help="A result file (bench or benchmark --json).")],
     b: Annotated[Path, typer.Argument(help="Another result file; ratios are B / A.")],
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the comparison as JSON ('-': stdout).")]
+    json_path: Annotated[Path | None, typer.Option("--json", callback=checked_output,
+                                                   help="Write the comparison as JSON ('-': stdout).")]
     = None,
 ) -> None:
     """Put two result files side by side (e.g. two devices): p50 latency and throughput ratios B / A."""

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import err, handle_errors, human_bytes, out, write_json
+from .common import checked_output, err, handle_errors, human_bytes, out, write_json
 
 STATUS_STYLE = {"ok": "green", "FAILED": "red", "error": "red", "skipped": "yellow"}
 
@@ -58,7 +58,8 @@ def benchmark(
     workdir: Annotated[Path | None, typer.Option(help="Keep the artifacts in this folder (default: removed).")]
     = None,
     gpu: Annotated[str, typer.Option(help="Device of the TensorRT engines.")] = "cuda",
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON ('-': stdout).")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", callback=checked_output,
+                                                   help="Write the results as JSON ('-': stdout).")] = None,
 ) -> None:
     """Export MODEL to every format that works here, verify each against PyTorch, time each: one table."""
     import glnet

@@ -37,9 +37,12 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 def _known_errors() -> tuple[type[BaseException], ...]:
     # Errors of the libraries underneath that say something useful on one line.
+    from glnet.checkpoint import CheckpointError
     from glnet.config import UnknownModelError
+    from glnet.features import UnknownSlotBlockError
 
-    return (GlnetExportError, UnknownModelError, FileNotFoundError, PermissionError, IsADirectoryError)
+    return (GlnetExportError, UnknownModelError, CheckpointError, UnknownSlotBlockError, FileNotFoundError,
+            PermissionError, IsADirectoryError)
 
 
 def handle_errors(fn: F) -> F:
@@ -56,7 +59,7 @@ def handle_errors(fn: F) -> F:
         except typer.Exit:
             raise
         except KeyboardInterrupt:
-            raise fail("interrupted; no partial files were left behind", 130) from None
+            raise fail("interrupted; no half-written file was left behind", 130) from None
         except Exception as exc:
             if debug_enabled():
                 raise
@@ -66,6 +69,19 @@ def handle_errors(fn: F) -> F:
                        "(set GLNET_EXPORT_DEBUG=1 for the traceback)") from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def checked_output(target: Path | None) -> Path | None:
+    """Option callback for report files (--json): refuse an unwritable path while parsing the
+    options, before minutes of exporting or timing, rather than at the end of the work."""
+    if target is not None and str(target) != "-":
+        from export.atomic import OutputPathError, check_writable
+
+        try:
+            check_writable(target)
+        except OutputPathError as exc:
+            raise fail(one_line(exc)) from None
+    return target
 
 
 def write_json(data: Any, target: Path | None) -> None:

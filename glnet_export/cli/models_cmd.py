@@ -8,12 +8,13 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .common import handle_errors, out, write_json
+from .common import checked_output, handle_errors, out, write_json
 
 
 @handle_errors
 def models(
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the table as JSON ('-': stdout).")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", callback=checked_output,
+                                                   help="Write the table as JSON ('-': stdout).")] = None,
     tiny: Annotated[bool, typer.Option(help="Include the tiny test variants.")] = True,
 ) -> None:
     """List the GLNet variants with parameters and MACs at 224 x 224."""

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import err, fail, handle_errors, human_bytes, out, write_json
+from .common import checked_output, err, fail, handle_errors, human_bytes, out, write_json
 from .render import verification_table
 
 
@@ -24,7 +24,8 @@ def onnx(
     dynamic: Annotated[str, typer.Option(help="none | batch | shape (batch, height and width).")] = "batch",
     simplify: Annotated[bool, typer.Option(help="Simplify the graph with onnxsim.")] = True,
     verify: Annotated[bool, typer.Option(help="Run the file in onnxruntime against PyTorch after export.")] = True,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON ('-' for stdout).")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", callback=checked_output,
+                                                   help="Write the report as JSON ('-' for stdout).")] = None,
     use_ema: Annotated[bool, typer.Option("--ema", help="Use the checkpoint's EMA weights.")] = False,
     num_classes: Annotated[int, typer.Option(help="Classes of the checkpoint's head.")] = 1000,
     max_rel: Annotated[float | None, typer.Option(help="Tolerance: max |a-b| / max |ref|.")] = None,

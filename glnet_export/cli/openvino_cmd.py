@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import err, fail, handle_errors, human_bytes, out, write_json
+from .common import checked_output, err, fail, handle_errors, human_bytes, out, write_json
 from .render import verification_table
 
 if TYPE_CHECKING:
@@ -47,7 +47,8 @@ def openvino(
     min_cosine: Annotated[float | None, typer.Option(help="Tolerance: smallest cosine similarity.")] = None,
     min_top1: Annotated[float | None, typer.Option(help="Tolerance: top-1 agreement, 0..1.")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for verification.")] = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON ('-' for stdout).")]
+    json_path: Annotated[Path | None, typer.Option("--json", callback=checked_output,
+                                                   help="Write the report as JSON ('-' for stdout).")]
     = None,
 ) -> None:
     """Convert an ONNX file (or a --model, through ONNX) to an OpenVINO IR and verify it against PyTorch."""

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import handle_errors, out, write_json
+from .common import checked_output, handle_errors, out, write_json
 
 
 @handle_errors
@@ -19,7 +19,8 @@ def predict(
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Classes per image.")] = 5,
     device: Annotated[str, typer.Option(help="Device of the artifact's back-end.")] = "cpu",
     precision: Annotated[str | None, typer.Option(help="Ask OpenVINO for fp32|bf16|fp16.")] = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write predictions as JSON ('-': stdout).")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", callback=checked_output,
+                                                   help="Write predictions as JSON ('-': stdout).")] = None,
 ) -> None:
     """Classify images with an exported artifact."""
     from runtimes.predictor import Predictor

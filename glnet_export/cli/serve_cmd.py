@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import err, fail, handle_errors, human_bytes, out, write_json
+from .common import checked_output, err, fail, handle_errors, human_bytes, out, write_json
 
 
 @handle_errors
@@ -94,7 +94,8 @@ def triton(
     kind: Annotated[str | None, typer.Option(help="auto | gpu | cpu [default: TensorRT gpu, OpenVINO cpu, "
                                              "ONNX auto].")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing model folder.")] = False,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the result as JSON ('-': stdout).")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", callback=checked_output,
+                                                   help="Write the result as JSON ('-': stdout).")] = None,
 ) -> None:
     """Write a Triton Inference Server model repository entry (config.pbtxt checked against Triton's schema)."""
     from glnet_export.errors import OptionError

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from .common import handle_errors, out, write_json
+from .common import checked_output, handle_errors, out, write_json
 
 
 @handle_errors
@@ -22,7 +22,8 @@ def slots(
     grid: Annotated[int, typer.Option(min=0, help="Also show the N largest slots' own maps beside it.")] = 0,
     alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Opacity of the slot colours.")] = 0.55,
     device: Annotated[str, typer.Option(help="Device of the artifact's back-end.")] = "cpu",
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the result as JSON ('-': stdout).")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", callback=checked_output,
+                                                   help="Write the result as JSON ('-': stdout).")] = None,
 ) -> None:
     """Colour each pixel by its dominant semantic slot, blended over the image."""
     from glnet_export.slot_maps import draw_slot_maps

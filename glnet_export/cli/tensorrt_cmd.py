@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from .common import err, fail, handle_errors, human_bytes, out, write_json
+from .common import checked_output, err, fail, handle_errors, human_bytes, out, write_json
 from .render import verification_table
 
 
@@ -34,7 +34,8 @@ def tensorrt(
     onnx_only: Annotated[bool, typer.Option("--onnx-only", help="Write and verify only the fp16/int8 ONNX "
                                             "(no TensorRT or GPU needed).")] = False,
     verify: Annotated[bool, typer.Option(help="Check the result against the source ONNX in onnxruntime.")] = True,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON ('-' for stdout).")]
+    json_path: Annotated[Path | None, typer.Option("--json", callback=checked_output,
+                                                   help="Write the report as JSON ('-' for stdout).")]
     = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for onnxruntime.")] = None,
 ) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .common import err, fail, handle_errors, out, write_json
+from .common import checked_output, err, fail, handle_errors, out, write_json
 from .render import verification_table
 
 
@@ -44,7 +44,8 @@ def verify(
     min_cosine: Annotated[float | None, typer.Option(help="Tolerance: smallest cosine similarity.")] = None,
     min_top1: Annotated[float | None, typer.Option(help="Tolerance: top-1 agreement, 0..1.")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON ('-' for stdout).")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", callback=checked_output,
+                                                   help="Write the report as JSON ('-' for stdout).")] = None,
 ) -> None:
     """Compare ARTIFACT with PyTorch (--checkpoint) or with REFERENCE; exit 0 only if all shapes pass."""
     from export.verify import VerifyOptions, verify_artifact
