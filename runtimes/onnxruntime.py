@@ -43,6 +43,7 @@ class GraphRewrites:
     fused_attention: int = 0  # MHA subgraphs -> com.microsoft.Attention (runtimes.ort_fusion)
     folded_residual_convs: int = 0  # h + DWConv(h) -> DWConv' (runtimes.residual_fold)
     fused_layer_norms: int = 0  # spelled-out channel LayerNorms -> LayerNormalization (runtimes.layer_norm)
+    regrouped_conv_sums: int = 0  # x + (y + conv) -> (x + conv) + y for a conv x (runtimes.conv_sums)
 
 
 def session_source(path: str | Path, device: str = "cpu", rewrite: bool = True) -> tuple[str | bytes, GraphRewrites]:
@@ -50,20 +51,24 @@ def session_source(path: str | Path, device: str = "cpu", rewrite: bool = True) 
 
     The rewrites happen in memory only: the contrib Attention op exists in onnxruntime
     alone (see `ort_fusion`), the residual fold is for fp32 execution (see `residual_fold`),
-    and the channel LayerNorms that the deploy form spells out for OpenVINO run about 4%
+    the channel LayerNorms that the deploy form spells out for OpenVINO run about 4%
     faster here as Transpose -> LayerNormalization -> Transpose (onnxruntime's reductions
-    over axis 1 of an NCHW map are slow). The file on disk stays as exported.
+    over axis 1 of an NCHW map are slow), and GLMix's residual sum is regrouped so that
+    onnxruntime can add two convolution outputs inside a convolution (see `conv_sums`;
+    OpenVINO's bf16 loses accuracy with that order). The file on disk stays as exported.
     """
     if not rewrite or device not in ("cpu", "cuda"):
         return str(path), GraphRewrites()
     import onnx
 
+    from .conv_sums import regroup_conv_sums
     from .layer_norm import fuse_channel_layer_norms
     from .ort_fusion import fuse_attention
     from .residual_fold import fold_residual_depthwise
 
     model = onnx.load(str(path))
-    done = GraphRewrites(fuse_attention(model), fold_residual_depthwise(model), fuse_channel_layer_norms(model))
+    done = GraphRewrites(fuse_attention(model), fold_residual_depthwise(model), fuse_channel_layer_norms(model),
+                         regroup_conv_sums(model))
     return (model.SerializeToString(), done) if done != GraphRewrites() else (str(path), done)
 
 

@@ -45,6 +45,7 @@ def test_fused_session_computes_the_same(exported: Path) -> None:
         assert fused.rewrites.fused_attention == 5 and plain.rewrites.fused_attention == 0
         assert fused.rewrites.folded_residual_convs == 10, "glnet_tiny: 5 pos_conv + 5 mlp.1"
         assert fused.rewrites.fused_layer_norms == 6, "glnet_tiny: norm1 and norm2 of 3 GLMix blocks"
+        assert fused.rewrites.regrouped_conv_sums == 3, "glnet_tiny: the residual sum of 3 GLMix blocks"
         shapes = [(2, 3, 96, 96)] + ([(1, 3, 131, 97)] if fused.metadata and fused.metadata.dynamic == "shape" else [])
         for shape in shapes:
             x = rng.standard_normal(shape, dtype=np.float32)
