@@ -62,12 +62,15 @@ class SuiteOptions:
 
     def validate(self) -> None:
         unknown = [f for f in self.formats if f not in FORMATS]
-        if unknown:
-            raise OptionError(f"unknown format(s) {', '.join(unknown)}; known: {', '.join(FORMATS)}")
-        if self.rounds < 1 or self.batch < 1:
-            raise OptionError("--iters and --batch must be >= 1")
+        if unknown or not self.formats:
+            raise OptionError(f"unknown format(s) {', '.join(repr(f) for f in unknown) or '(none given)'}; "
+                              f"known: {', '.join(FORMATS)}")
+        for option, value in (("--iters", self.rounds), ("--batch", self.batch), ("--threads", self.threads)):
+            if value is not None and value < 1:
+                raise OptionError(f"{option} must be >= 1, not {value}")
         if self.workdir is not None and not self.workdir.is_dir():
-            raise OptionError(f"{self.workdir}: not a folder")
+            reason = "is not a folder" if self.workdir.exists() else "does not exist"
+            raise OptionError(f"--workdir {self.workdir} {reason}")
 
 
 @dataclass

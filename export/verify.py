@@ -13,7 +13,7 @@ from pathlib import Path
 
 import runtimes
 from glnet.model import GLNet
-from glnet_export.errors import GlnetExportError
+from glnet_export.errors import GlnetExportError, OptionError
 from glnet_export.photos import sample_photo_paths
 from glnet_export.verification import VerificationReport, shapes_to_verify, tolerance_for, verify, verify_outputs
 from runtimes.base import Runner
@@ -36,6 +36,19 @@ class VerifyOptions:
     shapes: list[tuple[int, int, int, int]] | None = None  # None: chosen from the metadata
     max_photos: int | None = None  # None: every photograph available (10 with scikit-image + scikit-learn)
     photos: Sequence[Path] | None = None  # these images instead of the sample photographs
+
+    def validate(self) -> None:
+        """Refuse values that cannot work, before an export or a run rather than after it."""
+        if self.batch < 1:
+            raise OptionError(f"--batch must be >= 1, not {self.batch}")
+        if self.threads is not None and self.threads < 1:
+            raise OptionError(f"--threads must be >= 1, not {self.threads}")
+        if self.max_rel is not None and not self.max_rel > 0:
+            raise OptionError(f"--max-rel must be above 0, not {self.max_rel}")
+        if self.min_cosine is not None and not -1.0 <= self.min_cosine <= 1.0:
+            raise OptionError(f"--min-cosine is a cosine, within -1..1, not {self.min_cosine}")
+        if self.min_top1 is not None and not 0.0 <= self.min_top1 <= 1.0:
+            raise OptionError(f"--min-top1 is a fraction, within 0..1, not {self.min_top1}")
 
 
 def verify_artifact(
@@ -64,6 +77,7 @@ def verify_runner(
 ) -> VerificationReport:
     """`verify_artifact` on an open runner, for callers that want more of it afterwards
     (the OpenVINO check reports the precisions its runner found)."""
+    options.validate()
     meta = candidate.metadata
     if meta is None:
         raise VerifyError(f"{candidate.name}: no glnet-export metadata, so its input size and preprocessing "

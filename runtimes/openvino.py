@@ -41,6 +41,17 @@ def import_openvino() -> Any:
     return openvino
 
 
+def check_device(device: str, core: Any = None) -> str:
+    """`device` in OpenVINO's spelling (upper case); BackendUnavailableError if this machine has none."""
+    core = core or import_openvino().Core()
+    name = device.upper()
+    available = core.available_devices  # e.g. ["CPU", "GPU.0", "GPU.1"]
+    if name not in available and name not in {d.split(".")[0] for d in available}:
+        raise BackendUnavailableError(f"OpenVINO has no {name} device here "
+                                      f"(available: {', '.join(available) or 'none'})")
+    return name
+
+
 def coarsest(*precisions: str) -> str:
     return max(precisions, key=lambda p: _ORDER.index(p) if p in _ORDER else 0)
 
@@ -154,11 +165,7 @@ class OpenVinoRunner(Runner):
         super().__init__()
         ov = import_openvino()
         core = ov.Core()
-        self.device = device.upper()
-        available = core.available_devices  # e.g. ["CPU", "GPU.0", "GPU.1"]
-        if self.device not in available and self.device not in {d.split(".")[0] for d in available}:
-            raise BackendUnavailableError(f"OpenVINO has no {self.device} device here (available: "
-                                          f"{', '.join(available) or 'none'})")
+        self.device = check_device(device, core)
         if precision is not None and precision.lower() not in PRECISION_HINTS:
             raise RuntimeInputError(f"OpenVINO precision must be one of {', '.join(PRECISION_HINTS)} or None "
                                     f"(the device's default), not {precision!r}")

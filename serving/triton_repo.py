@@ -277,8 +277,11 @@ def _write_atomically(target: Path, options: TritonOptions, config_text: str, so
     A Triton polling the repository never sees a half-copied model; an existing folder is
     replaced (--overwrite) only once the new one is complete.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    except OSError as exc:
+        raise TritonRepoError(f"{target.parent}: cannot write the repository there ({exc.strerror or exc})") from None
     old: Path | None = None
     try:
         version_dir = staging / str(options.version)

@@ -135,3 +135,31 @@ def test_an_unwritable_json_report_is_refused_before_any_work(artifacts: dict[st
         code, _, stderr = _cli(*args, "--json", str(a_file / "r.json"))
         assert code == 1 and "a_file is not a folder" in stderr
     assert not (tmp_path / "x.onnx").exists(), "refused before exporting"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["onnx", "--model", "glnet_tiny", "--min-top1", "5"], "--min-top1 is a fraction"),
+    (["onnx", "--model", "glnet_tiny", "--min-cosine", "2"], "--min-cosine is a cosine"),
+    (["onnx", "--model", "glnet_tiny", "--threads", "-3"], "--threads must be >= 1"),
+    (["onnx", "--model", "glnet_tiny", "--num-classes", "0"], "--num-classes must be >= 1"),
+    (["benchmark", "--model", "glnet_tiny", "--threads", "-3"], "--threads must be >= 1"),
+    (["benchmark", "--model", "glnet_tiny", "--formats", ","], "(none given)"),
+    (["openvino", "--model", "glnet_tiny", "--device", "NOSUCH"], "OpenVINO has no NOSUCH device"),
+    (["serve", "ARTIFACT", "--threads", "-1"], "--threads must be >= 1"),
+    (["serve", "ARTIFACT", "--device", "nosuch"], "device must be one of"),
+    (["serve", "ARTIFACT", "--gpus-per-replica", "1"], "--gpus-per-replica reserves GPUs"),
+])
+def test_bad_option_values_are_refused_before_any_work(args: list[str], message: str, artifacts: dict[str, Path],
+                                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # where the default outputs (glnet_tiny.onnx, .xml) would land
+    args = [str(artifacts["onnx"]) if a == "ARTIFACT" else a for a in args]
+    code, _, stderr = _cli(*args)
+    errors = [ln for ln in stderr.splitlines() if ln.startswith("Error:")]
+    assert code == 1 and len(errors) == 1 and message in errors[0] and "unexpected" not in stderr, stderr
+    assert list(tmp_path.iterdir()) == [], "nothing written"
+
+
+def test_help_shows_the_defaults_written_in_the_help_text() -> None:
+    # Rich reads "[default: ...]" in a help text as markup and drops it.
+    result = CliRunner().invoke(app, ["onnx", "--help"], env={"COLUMNS": "200"})
+    assert "(default: MODEL.onnx)" in result.stdout

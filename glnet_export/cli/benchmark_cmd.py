@@ -68,8 +68,8 @@ def benchmark(
     from bench.sysinfo import collect_device_info
     from export.onnx import parse_input_size
 
-    options = SuiteOptions(input_size=parse_input_size(input_size), batch=batch, threads=threads,
-                           formats=tuple(f.strip() for f in formats.split(",")) if formats else tuple(FORMATS),
+    chosen = tuple(f.strip() for f in formats.split(",") if f.strip()) if formats else tuple(FORMATS)
+    options = SuiteOptions(input_size=parse_input_size(input_size), batch=batch, threads=threads, formats=chosen,
                            calib=calib, workdir=workdir, rounds=iters, gpu=gpu)
     options.validate()
     glnet.get_config(model)  # an unknown name fails here, before the slow work

@@ -17,7 +17,7 @@ from .render import verification_table
 def onnx(
     model: Annotated[str, typer.Option("--model", "-m", help="Variant name (see `glnet-export models`).")],
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", "-c", help="Trained weights (.pth).")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output file [default: MODEL.onnx].")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output file (default: MODEL.onnx).")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset (17-23).")] = 20,
     input_size: Annotated[str, typer.Option("--input-size", help="N or HxW; the export shape.")] = "224",
     batch: Annotated[int, typer.Option(help="Batch size: fixed with --dynamic none, else the first one verified.")] = 1,
@@ -47,6 +47,10 @@ def onnx(
                                 dynamic=dynamic, simplify=simplify, features=features,
                                 slot_blocks=tuple(b for b in (with_slots or "").split(",") if b.strip()))
     options.validate()
+    vopts = VerifyOptions(batch=batch, max_rel=max_rel, min_cosine=min_cosine, min_top1=min_top1, threads=threads)
+    vopts.validate()  # before the export, not after it
+    if num_classes < 1:
+        raise fail(f"--num-classes must be >= 1, not {num_classes}")
     output = output or Path(f"{model}.onnx")
     glnet.get_config(model)  # an unknown name fails here, before the slow imports below
 
@@ -65,13 +69,13 @@ def onnx(
         result = export_onnx(net, output, options, checkpoint_sha256=sha256, progress=status.update)
         report = None
         if verify:
-            vopts = VerifyOptions(batch=batch, max_rel=max_rel, min_cosine=min_cosine, min_top1=min_top1,
-                                  threads=threads)
             report = verify_onnx(result.path, net, vopts, progress=status.update)
 
     write_json({"export": result, "verification": report}, json_path)
-    if json_path is not None and str(json_path) == "-":
-        raise typer.Exit(0 if report is None or report.passed else 1)
+    if json_path is not None and str(json_path) == "-":  # stdout holds the JSON; the verdict goes to stderr
+        if report is not None and not report.passed:
+            raise fail(f"verification FAILED: {result.path} was written but does not match PyTorch")
+        raise typer.Exit(0)
     out.print(_summary(result, checkpoint))
     for note in result.notes:
         err.print(f"[yellow]note:[/] {note}")

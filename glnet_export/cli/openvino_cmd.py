@@ -53,7 +53,7 @@ def openvino(
 ) -> None:
     """Convert an ONNX file (or a --model, through ONNX) to an OpenVINO IR and verify it against PyTorch."""
     from export.onnx import OnnxExportOptions, parse_input_size
-    from export.openvino import OpenVinoOptions, convert_openvino, export_openvino, verify_openvino
+    from export.openvino import OpenVinoOptions, convert_openvino, export_openvino, read_onnx_metadata, verify_openvino
     from export.verify import VerifyOptions
     from glnet_export.errors import OptionError
 
@@ -63,6 +63,13 @@ def openvino(
         raise OptionError(f"--infer-precision must be one of {', '.join(INFER_PRECISIONS)}, not {infer_precision!r}")
     options = OpenVinoOptions(precision=precision, calib_dir=calib, calib_count=calib_count, keep_float=keep_float)
     options.validate()  # int8 without --calib fails here, before any slow work
+    vopts = VerifyOptions(max_rel=max_rel, min_cosine=min_cosine, min_top1=min_top1, threads=threads,
+                          precision=INFER_PRECISIONS[infer_precision], device=device)
+    if verify:
+        from runtimes.openvino import check_device
+
+        vopts.validate()
+        check_device(device)  # a device this machine lacks fails now, not after the IR is written
     stem = Path(source).stem if source is not None else str(model)
     output = output or Path(f"{stem}.xml" if precision == "fp32" else f"{stem}_{precision}.xml")
 
@@ -75,17 +82,19 @@ def openvino(
                                      progress=status.update)
         else:
             assert source is not None
+            # The reference first: a wrong --checkpoint fails before the IR is written.
+            reference = _reference_for(source, read_onnx_metadata(source), checkpoint, use_ema) if verify else None
             result = convert_openvino(source, output, options, progress=status.update)
-            reference = _reference_for(source, result.metadata, checkpoint, use_ema)
         verification = None
         if verify:
-            vopts = VerifyOptions(max_rel=max_rel, min_cosine=min_cosine, min_top1=min_top1, threads=threads,
-                                  precision=INFER_PRECISIONS[infer_precision], device=device)
             verification = verify_openvino(result.xml, reference, vopts, progress=status.update)
 
     write_json({"export": result, "verification": verification}, json_path)
-    if json_path is not None and str(json_path) == "-":
-        raise typer.Exit(0 if verification is None or verification.passed else 1)
+    if json_path is not None and str(json_path) == "-":  # stdout holds the JSON; the verdict goes to stderr
+        if verification is not None and not verification.passed:
+            raise fail(f"verification FAILED: {result.xml} was written but does not match "
+                       f"{verification.report.reference}")
+        raise typer.Exit(0)
     out.print(_summary(result, source, checkpoint, verification))
     for note in result.notes:
         err.print(f"[yellow]note:[/] {note}")

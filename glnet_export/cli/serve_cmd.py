@@ -24,18 +24,30 @@ def serve(
     port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
     address: Annotated[str | None, typer.Option(help="Join a running Ray cluster ('auto', 'ray://head:10001') "
                                                 "instead of starting a local Ray.")] = None,
-    num_cpus: Annotated[int | None, typer.Option(help="Local Ray: CPUs it may use [default: all].")] = None,
+    num_cpus: Annotated[int | None, typer.Option(help="Local Ray: CPUs it may use (default: all).")] = None,
     cpus_per_replica: Annotated[float, typer.Option(help="CPUs reserved per replica.")] = 1.0,
     gpus_per_replica: Annotated[float, typer.Option(help="GPUs reserved per replica (with --device cuda).")] = 0.0,
     device: Annotated[str, typer.Option(help="Device of the artifact's back-end.")] = "cpu",
-    threads: Annotated[int | None, typer.Option(help="Inference threads per replica [default: its CPUs].")] = None,
+    threads: Annotated[int | None, typer.Option(help="Inference threads per replica (default: its CPUs).")] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Classes per answer.")] = 5,
     check: Annotated[bool, typer.Option("--check", help="Send the sample photographs once, compare the answers "
                                         "with a local Predictor, then stop (a deployment smoke test).")] = False,
 ) -> None:
     """Serve an artifact over HTTP with Ray Serve (replicas, request batching); Ctrl-C stops it."""
+    import runtimes
     from serving.ray_app import ServeOptions, start, stop
 
+    # Ray turns a bad value into worker tracebacks or a wait that never ends (a GPU the
+    # cluster lacks, a device the back-end refuses): check what can be checked here first.
+    if threads is not None and threads < 1:
+        raise fail(f"--threads must be >= 1, not {threads}")
+    if cpus_per_replica <= 0 or gpus_per_replica < 0:
+        raise fail("--cpus-per-replica must be above 0 and --gpus-per-replica not negative")
+    if gpus_per_replica > 0 and device == "cpu":
+        raise fail("--gpus-per-replica reserves GPUs for a GPU --device (cuda, or GPU for OpenVINO); "
+                   "with --device cpu leave it at 0")
+    with err.status(f"loading {artifact.name} on {device}"), runtimes.load(artifact, device=device, threads=1):
+        pass  # an unreadable artifact or a device this machine lacks fails here, in one line
     options = ServeOptions(replicas=replicas, max_batch=max_batch, batch_wait_s=batch_wait_ms / 1000, host=host,
                            port=port, address=address, num_cpus=num_cpus, cpus_per_replica=cpus_per_replica,
                            gpus_per_replica=gpus_per_replica, device=device, threads=threads, top_k=top_k)
@@ -83,16 +95,16 @@ def triton(
     artifact: Annotated[Path, typer.Argument(help="An artifact: .onnx, OpenVINO .xml (+ .bin), TensorRT .engine "
                                              "(+ its manifest).")],
     repo: Annotated[Path, typer.Option("--repo", help="The model repository folder (made if missing).")],
-    name: Annotated[str | None, typer.Option(help="Model name [default: the artifact's file stem].")] = None,
+    name: Annotated[str | None, typer.Option(help="Model name (default: the artifact's file stem).")] = None,
     version: Annotated[int, typer.Option(min=1, help="Version folder.")] = 1,
     max_batch: Annotated[int | None, typer.Option(help="max_batch_size for a dynamic-batch artifact "
-                                                  "[default: 8; TensorRT: the profile's max].")] = None,
+                                                  "(default: 8; TensorRT: the profile's max).")] = None,
     preferred: Annotated[str | None, typer.Option(help="Preferred batch sizes, e.g. 4,8 "
-                                                  "[default: half the max and the max].")] = None,
+                                                  "(default: half the max and the max).")] = None,
     queue_delay_us: Annotated[int, typer.Option(min=0, help="Dynamic batching: max queue delay.")] = 100,
     instances: Annotated[int, typer.Option(min=1, help="Model instances (instance_group count).")] = 1,
-    kind: Annotated[str | None, typer.Option(help="auto | gpu | cpu [default: TensorRT gpu, OpenVINO cpu, "
-                                             "ONNX auto].")] = None,
+    kind: Annotated[str | None, typer.Option(help="auto | gpu | cpu (default: TensorRT gpu, OpenVINO cpu, "
+                                             "ONNX auto).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing model folder.")] = False,
     json_path: Annotated[Path | None, typer.Option("--json", callback=checked_output,
                                                    help="Write the result as JSON ('-': stdout).")] = None,

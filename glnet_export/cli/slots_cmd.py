@@ -15,9 +15,9 @@ from .common import checked_output, handle_errors, out, write_json
 def slots(
     artifact: Annotated[Path, typer.Argument(help="A feature artifact exported with --features --with-slots.")],
     image: Annotated[Path, typer.Argument(help="An image file.")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Picture to write [default: IMAGE_slots.png].")
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Picture to write (default: IMAGE_slots.png).")
                       ] = None,
-    block: Annotated[str | None, typer.Option(help="Whose slots: stages.S.blocks.B or S.B [default: the first].")
+    block: Annotated[str | None, typer.Option(help="Whose slots: stages.S.blocks.B or S.B (default: the first).")
                      ] = None,
     grid: Annotated[int, typer.Option(min=0, help="Also show the N largest slots' own maps beside it.")] = 0,
     alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Opacity of the slot colours.")] = 0.55,

@@ -15,8 +15,8 @@ from .render import verification_table
 @handle_errors
 def tensorrt(
     source: Annotated[Path, typer.Argument(help="The ONNX file (from `glnet-export onnx`).")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Engine file [default: SOURCE.engine]; "
-                                                "with --onnx-only the ONNX file [default: SOURCE.PRECISION.onnx].")]
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Engine file (default: SOURCE.engine); "
+                                                "with --onnx-only the ONNX file (default: SOURCE.PRECISION.onnx).")]
     = None,
     precision: Annotated[str, typer.Option(help="fp32 | fp16 (fp16 casts, GLMix norms/softmax in fp32) | "
                                            "int8 (Q/DQ from --calib).")] = "fp32",

@@ -33,7 +33,7 @@ def parse_shapes(text: str | None) -> list[tuple[int, int, int, int]] | None:
 def verify(
     artifact: Annotated[Path, typer.Argument(help="The artifact to check (.onnx, .xml, .engine).")],
     reference: Annotated[Path | None, typer.Argument(help="A second artifact to compare with.")] = None,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Variant [default: from metadata].")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Variant (default: from metadata).")] = None,
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", "-c", help="Weights for PyTorch.")] = None,
     use_ema: Annotated[bool, typer.Option("--ema", help="Use the checkpoint's EMA weights.")] = False,
     precision: Annotated[str | None, typer.Option(help="OpenVINO: fp32|bf16|fp16|default.")] = None,
@@ -50,13 +50,16 @@ def verify(
     """Compare ARTIFACT with PyTorch (--checkpoint) or with REFERENCE; exit 0 only if all shapes pass."""
     from export.verify import VerifyOptions, verify_artifact
 
-    ref: object = reference
-    if reference is None:
-        ref = _pytorch_reference(artifact, model, checkpoint, use_ema)
     if precision in ("default", "auto"):
         precision = None  # the back-end's own choice (bf16 on CPUs that have it)
     options = VerifyOptions(batch=batch, max_rel=max_rel, min_cosine=min_cosine, min_top1=min_top1,
                             threads=threads, precision=precision, device=device, shapes=parse_shapes(shapes))
+    options.validate()
+    ref: object = reference
+    if reference is None:
+        ref = _pytorch_reference(artifact, model, checkpoint, use_ema)
+    elif model is not None or checkpoint is not None:
+        raise fail("--model/--checkpoint rebuild a PyTorch reference; with a REFERENCE artifact, leave them out")
     with err.status("verifying") as status:
         report = verify_artifact(artifact, ref, options, progress=status.update)  # type: ignore[arg-type]
     write_json(report, json_path)
