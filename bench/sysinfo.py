@@ -69,7 +69,7 @@ class DeviceInfo:
         parts += [f"{g.name} (driver {g.driver or '?'})" for g in self.gpus]
         if self.board_model:
             parts.append(self.board_model + (f", power mode {self.power_mode}" if self.power_mode else ""))
-        if self.busy_cpus:
+        if self.busy_cpus and self.busy_cpus >= 0.05:  # "0.0 CPUs busy" says nothing
             parts.append(f"{self.busy_cpus:.1f} CPUs busy with other work")
         return "; ".join(parts)
 

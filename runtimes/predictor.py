@@ -155,7 +155,7 @@ class Predictor:
             try:
                 batch.append(self.preprocess(item)[0])
             except ImageError as exc:
-                raise ImageError(f"image {i}: {exc}" if len(items) > 1 else str(exc)) from None
+                raise ImageError(f"image {i + 1} of {len(items)}: {exc}" if len(items) > 1 else str(exc)) from None
         results: list[Outputs] = []
         for start in range(0, len(batch), self.max_batch):
             chunk = batch[start:start + self.max_batch]

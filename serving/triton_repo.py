@@ -217,7 +217,8 @@ def write_triton_repo(artifact: str | Path, repo: str | Path, options: TritonOpt
     config.instance_group.add(count=options.instances, kind=mc.ModelInstanceGroup.Kind.Value(f"KIND_{kind.upper()}"))
     if runtime == "openvino":
         notes.append("Triton's OpenVINO back-end leaves the compute precision to the CPU plugin, which runs bf16 on "
-                     "CPUs with AVX512_BF16 (about 1% output error; FIELD_NOTES trap 5)")
+                     "CPUs with AVX512_BF16 (about 1% output error; `glnet-export verify --precision default` "
+                     "measures it)")
     if runtime == "tensorrt_plan":
         notes.append("the engine runs only on Triton builds with the TensorRT version and GPU it was built for "
                      "(see its manifest)")

@@ -192,7 +192,7 @@ def test_bad_input_is_one_clear_error_and_the_predictor_goes_on(make, message: s
     bad = make(tmp_path)
     with pytest.raises(ImageError, match=message):
         predictor.predict(bad)
-    with pytest.raises(ImageError, match="^image 1: "):
+    with pytest.raises(ImageError, match="^image 2 of 2: "):
         predictor.predict([photos[0], bad])
     assert predictor.predict(photos[0]) == before
 

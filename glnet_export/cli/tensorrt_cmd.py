@@ -99,8 +99,9 @@ def _verify(source: Path, candidate: Path, profile: Any, threads: int | None) ->
     try:
         meta = ArtifactMetadata.from_props(onnx_input(source)[3])
     except MetadataError:
-        err.print("[yellow]not verified:[/] the ONNX file carries no glnet-export metadata")
-        return None
+        # --verify was asked for (it is the default): a silent "not verified" and exit 0 would read as a pass.
+        raise fail(f"cannot verify: {source} carries no glnet-export metadata (input size, preprocessing); "
+                   "export it with `glnet-export onnx`, or pass --no-verify") from None
     # Only shapes the engine's profile accepts (the ONNX files take all of them).
     shapes = [s for s in shapes_to_verify(meta, 1)
               if all(lo <= d <= hi for d, lo, hi in zip(s, profile.min, profile.max, strict=True))]
