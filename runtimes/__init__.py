@@ -26,7 +26,8 @@ def load(path: str | Path, device: str = "cpu", threads: int | None = None, prec
     `precision` asks a back-end that picks its own compute precision (OpenVINO) for one;
     the runner's `precision` attribute always says what actually runs. `rewrite=False`
     runs an ONNX file or IR exactly as it is, without the in-memory graph rewrites that
-    onnxruntime and OpenVINO get for speed (attention and LayerNorm fusion, residual fold).
+    onnxruntime and OpenVINO get for speed (attention and LayerNorm fusion, residual fold,
+    conv-sum regrouping).
     """
     path = Path(path)
     if path.is_dir():
