@@ -138,7 +138,12 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray, topk: bool = T
     scale = max(float(np.abs(ref).max()), 1e-12)
     dots = (ref * out).sum(1)
     norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
-    cosine = float(np.min(np.where(norms > 0, dots / np.maximum(norms, 1e-30), 1.0)))
+    with np.errstate(invalid="ignore", over="ignore"):
+        per_sample = np.where(norms > 0, dots / np.maximum(norms, 1e-30), 1.0)
+    # A sample with NaN or infinite outputs has no cosine; NaN (not 1.0, what the zero-norm
+    # rule above would say) keeps that visible in the report.
+    per_sample = np.where(np.isfinite(dots) & np.isfinite(norms), per_sample, np.nan)
+    cosine = float(np.min(per_sample))
     closeness = {"max_abs": float(diff.max()), "max_rel": float(diff.max() / scale), "cosine": cosine}
     if not topk:
         return {**closeness, "top1": math.nan, "top5": math.nan}
