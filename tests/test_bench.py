@@ -260,8 +260,17 @@ def test_cli_bench_and_compare(artifacts: dict[str, Path | str], tmp_path: Path)
     assert all(p.stat().st_size > 0 for p in out.values())
     assert len(load_report(out["json"])["artifacts"]) == len(files)
 
-    result = CliRunner().invoke(app, ["bench", "compare", str(out["json"]), str(out["json"])])
-    assert result.exit_code == 0 and "1.000" in result.output, result.output
+    # B: the same results with every p50 doubled, as a device twice as slow would give.
+    slower = json.loads(out["json"].read_text())
+    for artifact in slower["artifacts"]:
+        for r in artifact["results"]:
+            r["latency"]["p50"] *= 2
+    (tmp_path / "slower.json").write_text(json.dumps(slower))
+    result = CliRunner().invoke(app, ["bench", "compare", str(out["json"]), str(tmp_path / "slower.json"), "--json",
+                                      "-"])
+    assert result.exit_code == 0, result.output
+    ratios = [row["p50_ratio"] for row in json.loads(result.stdout)["rows"]]
+    assert len(ratios) == 2 * len(files) and ratios == pytest.approx([2.0] * len(ratios))
     result = CliRunner().invoke(app, ["bench", "compare", str(out["json"]), str(tmp_path / "missing.json")])
     assert result.exit_code == 1 and "no such file" in result.output
 
