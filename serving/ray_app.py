@@ -22,6 +22,7 @@ import base64
 import binascii
 import contextlib
 import dataclasses
+import errno
 import io
 import ipaddress
 import json
@@ -297,7 +298,9 @@ def _check_port(host: str, port: int) -> None:
             sock.bind((host, port))
         except OSError as exc:
             reason = exc.strerror or exc
-            raise OptionError(f"cannot listen on {host}:{port}: {reason} (choose another --port)") from None
+            # "Address already in use" is the port's fault; anything else is the --host's.
+            hint = "choose another --port" if exc.errno == errno.EADDRINUSE else "check --host"
+            raise OptionError(f"cannot listen on {host}:{port}: {reason} ({hint})") from None
 
 
 def _local_only() -> None:

@@ -163,3 +163,22 @@ def test_help_shows_the_defaults_written_in_the_help_text() -> None:
     # Rich reads "[default: ...]" in a help text as markup and drops it.
     result = CliRunner().invoke(app, ["onnx", "--help"], env={"COLUMNS": "200"})
     assert "(default: MODEL.onnx)" in result.stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["onnx"], "Missing option '--model'"),
+    (["predict", "x.onnx", "x.png", "-k", "0"], "Invalid value for '--top-k'"),
+    (["nosuchcommand"], "No such command 'nosuchcommand'"),
+    (["onnx", "--model", "glnet_tiny", "--bogus"], "No such option: --bogus"),
+])
+def test_usage_errors_are_one_line_from_the_console_script(args: list[str], message: str) -> None:
+    # The console script's own handling (CliRunner would bypass it): exit code 2 as click
+    # gives, but one Error line instead of the boxed usage text.
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", "from glnet_export.cli import main; main()", *args],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and result.stdout == "", result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], result.stderr

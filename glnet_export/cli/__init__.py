@@ -32,4 +32,23 @@ app.command("triton")(triton)
 
 
 def main() -> None:
-    app()
+    """The console script: usage errors (a missing or invalid option, an unknown command)
+    become one `Error:` line like every other error, instead of click's boxed usage text."""
+    from rich.markup import escape
+    from typer.exceptions import TyperException
+
+    from .common import err
+
+    try:
+        code = app(standalone_mode=False)
+    except TyperException as exc:  # click's UsageError family, vendored by Typer
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            print(ctx.get_help())  # a command group called bare: its help, as click would
+            raise SystemExit(2) from None
+        if not hasattr(exc, "format_message"):
+            raise
+        where = f" (see '{ctx.command_path} -h')" if ctx is not None else ""
+        err.print(f"[bold red]Error:[/] {escape(exc.format_message())}{where}", soft_wrap=True)
+        raise SystemExit(getattr(exc, "exit_code", 2)) from None
+    raise SystemExit(code if isinstance(code, int) else 0)

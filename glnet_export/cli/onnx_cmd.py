@@ -102,7 +102,7 @@ def _summary(result, checkpoint: Path | None) -> Table:  # type: ignore[no-untyp
     table.add_row("file", f"{result.path} ({human_bytes(result.size_bytes)})")
     table.add_row("weights", weights)
     table.add_row("input", escape(f"{meta.input_name} float32 [{', '.join(dims)}], {meta.color_order}, "
-                                  f"ImageNet mean/std, trained at {h}x{w}"))
+                                  f"ImageNet mean/std, {h}x{w}"))
     if meta.task == "features":
         table.add_row("outputs", escape(", ".join(meta.outputs) + f" float32 [{dims[0]}, C, H/s, W/s]"))
     else:

@@ -154,7 +154,7 @@ def _summary(result: OpenVinoResult, source: Path | None, checkpoint: Path | Non
                else "[bold yellow]RANDOM[/]" if meta.random_weights else "trained")
     table.add_row("weights", weights)
     h, w = meta.input_size
-    table.add_row("input", escape(f"{meta.input_name} float32, dynamic {meta.dynamic}, trained at {h}x{w}"))
+    table.add_row("input", escape(f"{meta.input_name} float32, dynamic {meta.dynamic}, {h}x{w}"))
     table.add_row("precision", f"IR stores {result.precision}" + _runs_as(verification))
     if result.precision == "int8":
         table.add_row("int8", f"{result.int8_nodes} FakeQuantize nodes from {result.calib_images} calibration "
