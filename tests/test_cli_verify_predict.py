@@ -182,3 +182,44 @@ def test_usage_errors_are_one_line_from_the_console_script(args: list[str], mess
     assert result.returncode == 2 and result.stdout == "", result
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], result.stderr
+
+
+def test_models_lists_the_variants_with_their_sizes() -> None:
+    code, stdout, _ = _cli("models", "--json", "-")
+    rows = {r["name"]: r for r in json.loads(stdout)}
+    assert code == 0 and {"glnet_stl", "glnet_4g", "glnet_9g", "glnet_16g", "glnet_tiny"} <= set(rows)
+    # GLNET.md's table: 27.0 M parameters for glnet_4g, 106.1 M for glnet_16g.
+    assert rows["glnet_4g"]["params"] == pytest.approx(27.0e6, rel=2e-3)
+    assert rows["glnet_16g"]["params"] == pytest.approx(106.1e6, rel=2e-3)
+    assert rows["glnet_4g"]["macs_224"] > rows["glnet_tiny"]["macs_224"] > 0
+    code, stdout, _ = _cli("models", "--no-tiny", "--json", "-")
+    assert code == 0 and not any(r["tiny"] for r in json.loads(stdout))
+
+
+def test_ema_weights_are_what_the_cli_exports_with_ema(tmp_path: Path) -> None:
+    plain = perturb_weights_(glnet.create_model("glnet_tiny"), seed=1)
+    ema = perturb_weights_(glnet.create_model("glnet_tiny"), seed=2)
+    ckpt = tmp_path / "ema.pth"
+    torch.save({"model": plain.state_dict(), "model_ema": ema.state_dict()}, ckpt)
+    out = tmp_path / "ema.onnx"
+    code, _, stderr = _cli("onnx", "--model", "glnet_tiny", "-c", str(ckpt), "--ema", "--input-size", "64",
+                           "--dynamic", "none", "-o", str(out))
+    assert code == 0, stderr
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode(), runtimes.load(out) as runner:
+        got = torch.from_numpy(runner.infer(x.numpy()))
+        assert torch.allclose(got, ema.eval()(x), rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(got, plain.eval()(x), rtol=1e-2, atol=1e-2)
+
+
+def test_debug_variable_shows_the_traceback() -> None:
+    import os
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-c", "from glnet_export.cli import main; main()", "onnx", "--model", "glnet_tiny",
+               "-c", "missing.pth"]
+    quiet = subprocess.run(command, capture_output=True, text=True)
+    loud = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "GLNET_EXPORT_DEBUG": "1"})
+    assert quiet.returncode == 1 and "Traceback" not in quiet.stderr and "checkpoint not found" in quiet.stderr
+    assert loud.returncode != 0 and "Traceback" in loud.stderr and "CheckpointError" in loud.stderr
