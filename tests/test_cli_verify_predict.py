@@ -223,3 +223,14 @@ def test_debug_variable_shows_the_traceback() -> None:
     loud = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "GLNET_EXPORT_DEBUG": "1"})
     assert quiet.returncode == 1 and "Traceback" not in quiet.stderr and "checkpoint not found" in quiet.stderr
     assert loud.returncode != 0 and "Traceback" in loud.stderr and "CheckpointError" in loud.stderr
+
+
+def test_bench_exits_1_when_a_requested_size_cannot_run(artifacts: dict[str, Path], tmp_path: Path) -> None:
+    # random.onnx is fixed at 96 x 96: the 128 cell cannot run. What ran is kept and
+    # reported; the exit code says that not everything asked for was measured.
+    report = tmp_path / "b.json"
+    code, stdout, stderr = _cli("bench", "run", str(artifacts["random"]), "--input-size", "96,128", "--iters", "2",
+                                "--warmup", "0", "--json", str(report))
+    assert code == 1 and "1 of 2 batch x size combinations could not run" in stderr, stderr
+    results = json.loads(report.read_text())["artifacts"][0]["results"]
+    assert [r["error"] == "" for r in results] == [True, False] and "fixed" in results[1]["error"]

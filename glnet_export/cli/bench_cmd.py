@@ -217,6 +217,10 @@ def run(
         raise fail("interrupted: the table (and any files) hold what was measured until then", 130)
     if failed:
         raise typer.Exit(1)
+    unmeasured = sum(1 for b in benches for r in b.results if r.latency is None)
+    if unmeasured:  # a fixed axis, a shape outside a TensorRT profile: what ran is kept, the exit code says
+        total = sum(len(b.results) for b in benches)
+        raise fail(f"{unmeasured} of {total} batch x size combinations could not run (see 'not measured')")
 
 
 def _options_dict(options: Any, artifacts: list[Path]) -> dict[str, Any]:
