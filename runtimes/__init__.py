@@ -41,11 +41,18 @@ def load(path: str | Path, device: str = "cpu", threads: int | None = None, prec
     if path.stat().st_size == 0:
         raise ArtifactLoadError(f"{path}: empty file")
     try:
-        return _runner(path, backend, device, threads, precision, rewrite, **kwargs)
+        runner = _runner(path, backend, device, threads, precision, rewrite, **kwargs)
     except (GlnetExportError, TypeError, AttributeError, NameError, AssertionError):
         raise  # ours, with their own message, or a bug that must not pass for a bad file
     except Exception as exc:  # what the back-end says of a file it cannot parse or compile
         raise ArtifactLoadError(f"{path}: {backend} cannot load it ({one_line(exc)})") from exc
+    if backend != "openvino" and precision is not None and precision.lower() != runner.precision:
+        # Only OpenVINO chooses a compute precision at load time; the others run what the
+        # file stores, and silently ignoring the request would misreport what was measured.
+        runner.close()
+        raise RuntimeInputError(f"{path}: {backend} runs it in {runner.precision}, as the file stores it; "
+                                f"precision {precision!r} can only be asked of an OpenVINO IR")
+    return runner
 
 
 def _runner(path: Path, backend: str, device: str, threads: int | None, precision: str | None, rewrite: bool,

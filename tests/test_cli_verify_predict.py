@@ -234,3 +234,13 @@ def test_bench_exits_1_when_a_requested_size_cannot_run(artifacts: dict[str, Pat
     assert code == 1 and "1 of 2 batch x size combinations could not run" in stderr, stderr
     results = json.loads(report.read_text())["artifacts"][0]["results"]
     assert [r["error"] == "" for r in results] == [True, False] and "fixed" in results[1]["error"]
+
+
+def test_a_precision_onnxruntime_cannot_honour_is_refused(artifacts: dict[str, Path]) -> None:
+    # Only OpenVINO picks a compute precision at load time; ignoring the request for an
+    # ONNX file would report fp32 results as bf16 ones.
+    photo = str(sample_photo_paths(1)[0])
+    code, _, stderr = _cli("predict", str(artifacts["onnx"]), photo, "--precision", "bf16")
+    assert code == 1 and "can only be asked of an OpenVINO IR" in stderr
+    code, _, stderr = _cli("predict", str(artifacts["onnx"]), photo, "--precision", "fp32")
+    assert code == 0, stderr
