@@ -1,4 +1,6 @@
-"""`glnet-export verify` and `predict` through the command line, on a tiny export."""
+"""The command line on a tiny export: `verify` and `predict`, and what every command owes a
+user with bad input (unreadable artifacts, bad option values, usage errors: one line, no
+work done), plus `models`, `--ema` and `GLNET_EXPORT_DEBUG`."""
 
 from __future__ import annotations
 
