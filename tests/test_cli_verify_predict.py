@@ -147,6 +147,8 @@ def test_an_unwritable_json_report_is_refused_before_any_work(artifacts: dict[st
     (["benchmark", "--model", "glnet_tiny", "--threads", "-3"], "--threads must be >= 1"),
     (["benchmark", "--model", "glnet_tiny", "--formats", ","], "(none given)"),
     (["openvino", "--model", "glnet_tiny", "--device", "NOSUCH"], "OpenVINO has no NOSUCH device"),
+    (["verify", "ARTIFACT", "ARTIFACT", "--shapes", "100000x3x64x64"], "its input alone is 4.6 GiB"),
+    (["verify", "ARTIFACT", "ARTIFACT", "--shapes", "1x3x16x64"], "at least 32"),
     (["serve", "ARTIFACT", "--threads", "-1"], "--threads must be >= 1"),
     (["serve", "ARTIFACT", "--device", "nosuch"], "device must be one of"),
     (["serve", "ARTIFACT", "--gpus-per-replica", "1"], "--gpus-per-replica reserves GPUs"),

@@ -19,7 +19,8 @@ def slots(
                       ] = None,
     block: Annotated[str | None, typer.Option(help="Whose slots: stages.S.blocks.B or S.B (default: the first).")
                      ] = None,
-    grid: Annotated[int, typer.Option(min=0, help="Also show the N largest slots' own maps beside it.")] = 0,
+    grid: Annotated[int, typer.Option(min=0, max=64, help="Also show the N largest slots' own maps beside it "
+                                      "(GLMix has 64 slots).")] = 0,
     alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Opacity of the slot colours.")] = 0.55,
     device: Annotated[str, typer.Option(help="Device of the artifact's back-end.")] = "cpu",
     json_path: Annotated[Path | None, typer.Option("--json", callback=checked_output,

@@ -25,6 +25,11 @@ def parse_shapes(text: str | None) -> list[tuple[int, int, int, int]] | None:
             raise OptionError(f"shape {part!r} is not NxCxHxW (e.g. 1x3x224x224)") from None
         if len(dims) != 4 or dims[1] != 3 or min(dims) < 1:
             raise OptionError(f"shape {part!r} must be Nx3xHxW")
+        if min(dims[2:]) < 32:
+            raise OptionError(f"shape {part!r}: height and width must be at least 32 (GLNet down-samples 32x)")
+        gib = dims[0] * 3 * dims[2] * dims[3] * 4 / 2**30
+        if gib > 1:  # the activations are many times the input: this would end killed for memory
+            raise OptionError(f"shape {part!r}: its input alone is {gib:.1f} GiB; verify with smaller batches")
         shapes.append((dims[0], dims[1], dims[2], dims[3]))
     return shapes
 
