@@ -95,7 +95,6 @@ class Profile:
 
 def onnx_input(path: Path) -> tuple[str, tuple[int | str | None, ...], int, dict[str, str]]:
     """The first input's name and dims (int, or the symbolic name), the opset, and metadata_props."""
-
     model = read_onnx(path, load_external_data=False)
     inp = model.graph.input[0]
     dims: list[int | str | None] = []

@@ -5,6 +5,9 @@ work done), plus `models`, `--ema` and `GLNET_EXPORT_DEBUG`."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,9 @@ from glnet.testing import perturb_weights_
 from glnet_export.cli import app
 from glnet_export.photos import sample_photo_paths
 from glnet_export.preprocess import preprocess
+
+# The installed `glnet-export` script, run the way a shell runs it (CliRunner bypasses main()).
+CONSOLE_SCRIPT = [sys.executable, "-c", "from glnet_export.cli import main; main()"]
 
 
 @pytest.fixture(scope="module")
@@ -178,11 +184,7 @@ def test_help_shows_the_defaults_written_in_the_help_text() -> None:
 def test_usage_errors_are_one_line_from_the_console_script(args: list[str], message: str) -> None:
     # The console script's own handling (CliRunner would bypass it): exit code 2 as click
     # gives, but one Error line instead of the boxed usage text.
-    import subprocess
-    import sys
-
-    result = subprocess.run([sys.executable, "-c", "from glnet_export.cli import main; main()", *args],
-                            capture_output=True, text=True)
+    result = subprocess.run([*CONSOLE_SCRIPT, *args], capture_output=True, text=True)
     assert result.returncode == 2 and result.stdout == "", result
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], result.stderr
@@ -217,12 +219,7 @@ def test_ema_weights_are_what_the_cli_exports_with_ema(tmp_path: Path) -> None:
 
 
 def test_debug_variable_shows_the_traceback() -> None:
-    import os
-    import subprocess
-    import sys
-
-    command = [sys.executable, "-c", "from glnet_export.cli import main; main()", "onnx", "--model", "glnet_tiny",
-               "-c", "missing.pth"]
+    command = [*CONSOLE_SCRIPT, "onnx", "--model", "glnet_tiny", "-c", "missing.pth"]
     quiet = subprocess.run(command, capture_output=True, text=True)
     loud = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "GLNET_EXPORT_DEBUG": "1"})
     assert quiet.returncode == 1 and "Traceback" not in quiet.stderr and "checkpoint not found" in quiet.stderr

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ from typer.testing import CliRunner
 
 import glnet
 import runtimes
+from export.atomic import atomic_outputs
 from export.onnx import OnnxExportOptions, export_onnx
 from export.verify import VerifyOptions, verify_onnx
 from glnet.testing import perturb_weights_
@@ -226,8 +229,6 @@ def test_cli_exports_verifies_and_writes_a_json_report(tmp_path: Path) -> None:
     assert code == 0, stderr
     assert "RANDOM" in stderr, "random weights are announced loudly"
     assert "PASSED" in stdout and "nodes" in stdout
-    import json
-
     data = json.loads(report.read_text())
     assert data["verification"]["passed"] is True
     assert data["export"]["metadata"]["input_size"] == [96, 128]
@@ -330,11 +331,6 @@ def test_glnet_4g_export_each_dynamic_mode(dynamic: str, glnet_4g: glnet.GLNet, 
 def test_written_artifacts_get_the_usual_file_mode(tmp_path: Path) -> None:
     # Written through private temporary files (mkstemp makes them 0600), artifacts must
     # still be readable by a serving process running as another user, as any new file is.
-    import os
-    import stat
-
-    from export.atomic import atomic_outputs
-
     with atomic_outputs(tmp_path / "a.onnx", tmp_path / "a.json") as temps:
         for temp in temps:
             temp.write_bytes(b"x")

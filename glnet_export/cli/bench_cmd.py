@@ -150,14 +150,15 @@ def run(
     top: Annotated[int, typer.Option(help="Rows of the per-layer table.")] = 15,
     json_path: Annotated[Path | None, typer.Option("--json", callback=checked_output,
                                                    help="Write the results as JSON ('-': stdout).")] = None,
-    csv_path: Annotated[Path | None, typer.Option("--csv", help="Write one CSV row per measurement.")] = None,
-    plot_path: Annotated[Path | None, typer.Option("--plot", help="Plot latency against input size (PNG).")] = None,
+    csv_path: Annotated[Path | None, typer.Option("--csv", callback=checked_output,
+                                                  help="Write one CSV row per measurement.")] = None,
+    plot_path: Annotated[Path | None, typer.Option("--plot", callback=checked_output,
+                                                   help="Plot latency against input size (PNG).")] = None,
 ) -> None:
     """Time ARTIFACTs at every batch x input size: mean, std, min, p50-p99, max, throughput; cold run apart."""
     from bench.report import BenchReport, to_dict, write_csv
     from bench.runner import BenchOptions, Budget, bench_artifact
     from bench.sysinfo import collect_device_info
-    from export.atomic import check_writable
     from glnet_export.errors import GlnetExportError, one_line
 
     # --duration is a time even without its unit ("10" = 10 s); --iters wins when both are given.
@@ -171,9 +172,6 @@ def run(
         raise fail(f"--top must be >= 1, not {top}")
     if plot_path is not None and plot_path.suffix.lower() != ".png":
         raise fail(f"--plot {plot_path}: the plot is a PNG; name the file .png")
-    for target in (json_path, csv_path, plot_path):
-        if target is not None and str(target) != "-":
-            check_writable(target)  # before minutes of timing
     to_stdout = json_path is not None and str(json_path) == "-"
     device_info = collect_device_info(threads)
     if device_info.busy_cpus and device_info.busy_cpus > 0.25:
