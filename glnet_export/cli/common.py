@@ -72,8 +72,9 @@ def handle_errors(fn: F) -> F:
 
 
 def checked_output(target: Path | None) -> Path | None:
-    """Option callback for report files (--json): refuse an unwritable path while parsing the
-    options, before minutes of exporting or timing, rather than at the end of the work."""
+    """Option callback for report files (--json; bench's --csv and --plot): refuse an
+    unwritable path while parsing the options, before minutes of exporting or timing,
+    rather than at the end of the work."""
     if target is not None and str(target) != "-":
         from export.atomic import OutputPathError, check_writable
 
