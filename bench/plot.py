@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from export.atomic import atomic_outputs
+from glnet_export.atomic import atomic_outputs
 from glnet_export.errors import GlnetExportError
 
 from .runner import ArtifactBench

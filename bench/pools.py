@@ -34,11 +34,11 @@ def cpu_count() -> int:
 def compile_openvino(path: Path, device: str = "cpu", threads: int | None = None, precision: str | None = None,
                      shape: tuple[int, ...] | None = None, **config: Any) -> Any:
     """An OpenVINO compiled model with extra settings (PERF_COUNT, PERFORMANCE_HINT), static when `shape`."""
-    from runtimes.openvino import PRECISION_HINTS, fold_for_f32, import_openvino
+    from runtimes.openvino import PRECISION_HINTS, import_openvino, precision_to_ask
 
     core = import_openvino().Core()
     model = core.read_model(str(path))
-    fold_for_f32(core, model, device, precision)  # the graph OpenVinoRunner compiles
+    precision = precision_to_ask(model, precision)  # as OpenVinoRunner asks
     if shape is not None:
         model.reshape({0: list(shape)})
     settings = dict(config)

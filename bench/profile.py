@@ -82,16 +82,15 @@ def profile_layers(path: str | Path, shape: tuple[int, ...], runs: int = 10, thr
 
 def profile_onnxruntime(path: Path, shape: tuple[int, ...], runs: int, threads: int | None,
                         device: str) -> LayerProfile:
-    from runtimes.onnxruntime import PROVIDERS, _ort, session_options, session_source
+    from runtimes.onnxruntime import PROVIDERS, _ort, session_options
 
     ort = _ort()
     opts = session_options(threads)
     opts.enable_profiling = True
     inputs = make_inputs(shape, buffers=2)
-    source, _ = session_source(path, device)  # the graph the runner runs: rewritten in memory
     with tempfile.TemporaryDirectory(prefix="glnet-profile-") as tmp:
         opts.profile_file_prefix = str(Path(tmp) / "ort")
-        session = ort.InferenceSession(source, opts, providers=PROVIDERS.get(device, PROVIDERS["cpu"]))
+        session = ort.InferenceSession(str(path), opts, providers=PROVIDERS.get(device, PROVIDERS["cpu"]))
         name = session.get_inputs()[0].name
         for i in range(runs + 1):
             session.run(None, {name: inputs[i % len(inputs)]})

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from export.atomic import atomic_outputs
+from glnet_export.atomic import atomic_outputs
 from glnet_export.errors import GlnetExportError
 from glnet_export.jsonable import jsonable
 

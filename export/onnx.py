@@ -25,10 +25,12 @@ import torch
 import glnet_export
 from glnet.features import GLNetFeatures, UnknownSlotBlockError, output_names, resolve_slot_blocks
 from glnet.model import GLNet
+from glnet_export.atomic import atomic_outputs, check_writable
 from glnet_export.errors import ExportError, OptionError, one_line
 from glnet_export.metadata import IMAGENET_LABELS, ArtifactMetadata
 
-from .atomic import atomic_outputs, check_writable
+from .onnxruntime import set_metadata, target_proto
+from .passes import TARGETS, PassReport
 
 DYNAMIC_MODES = ("none", "batch", "shape")
 MIN_SIDE = 32  # the network down-samples 32x
@@ -45,6 +47,9 @@ class OnnxExportOptions:
     simplify: bool = True
     features: bool = False  # the four stage outputs (glnet.features) instead of the logits
     slot_blocks: tuple[str, ...] = ()  # with features: GLMix blocks whose slot maps are extra outputs
+    # "portable" (standard ONNX, any runtime) or "onnxruntime" (export.passes' rewrites,
+    # contrib ops: runs only there, at the speed bench reports for it).
+    target: str = "portable"
 
     def validate(self) -> None:
         if self.dynamic not in DYNAMIC_MODES:
@@ -58,6 +63,8 @@ class OnnxExportOptions:
             raise OptionError(f"batch must be >= 1, not {self.batch}")
         if not 17 <= self.opset <= 23:
             raise OptionError(f"opset {self.opset} is not supported; use 17 to 23 (20 is the default)")
+        if self.target not in TARGETS:
+            raise OptionError(f"--target must be one of {', '.join(TARGETS)}, not {self.target!r}")
         if self.slot_blocks and not self.features:
             raise OptionError("slot maps are outputs of a feature export: add --features to --with-slots")
 
@@ -75,6 +82,7 @@ class OnnxExportResult:
     size_bytes: int
     seconds: float
     notes: list[str] = field(default_factory=list)
+    passes: PassReport | None = None  # what export.passes rewrote (target onnxruntime)
 
 
 def parse_input_size(text: str) -> tuple[int, int]:
@@ -260,9 +268,11 @@ def export_onnx(
     say("checking the graph (onnx.checker)")
     check_graph(proto)
     meta = build_metadata(model, options, checkpoint_sha256)
-    del proto.metadata_props[:]
-    for key, value in meta.to_props().items():
-        proto.metadata_props.add(key=key, value=value)
+    set_metadata(proto, meta)
+    passes = None
+    if options.target != "portable":
+        say(f"rewriting the graph for {options.target}")
+        meta, passes = target_proto(proto, meta)
     proto.doc_string = f"GLNet {meta.model} exported by glnet-export {glnet_export.__version__}"
     say(f"writing {output}")
     save_onnx(proto, output)
@@ -270,5 +280,5 @@ def export_onnx(
     return OnnxExportResult(
         path=output, metadata=meta, opset=options.opset, batch=options.batch, dynamic_axes=dynamic_axes,
         nodes_exported=nodes_exported, nodes_final=len(proto.graph.node), simplified=simplified,
-        size_bytes=output.stat().st_size, seconds=time.perf_counter() - start, notes=notes,
+        size_bytes=output.stat().st_size, seconds=time.perf_counter() - start, notes=notes, passes=passes,
     )

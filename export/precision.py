@@ -14,11 +14,12 @@ in the tensor's own type. For int8 the clustering and dispatching MatMuls, which
 the slot softmaxes, stay unquantized too, as a precaution: per-tensor int8 leaves few
 levels for assignment probabilities of about 1/HW (random weights show no difference).
 Before any of this, the deploy form's spelled-out channel LayerNorms are fused back into
-LayerNormalization nodes (`runtimes.layer_norm`), the form TensorRT has a kernel for.
+LayerNormalization nodes (`export.passes.layer_norm`), the form TensorRT has a kernel for.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -28,12 +29,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from glnet_export.atomic import atomic_outputs, check_writable
 from glnet_export.errors import ExportError, OptionError, one_line
 from glnet_export.metadata import ArtifactMetadata, MetadataError
 from glnet_export.onnx_file import read_onnx
-from runtimes.layer_norm import fuse_channel_layer_norms
 
-from .atomic import atomic_outputs, check_writable
+from .onnxruntime import refuse_runtime_only
+from .passes.layer_norm import fuse_channel_layer_norms
 
 PRECISIONS = ("fp32", "fp16", "int8")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
@@ -282,6 +284,8 @@ def write_precision_onnx(source: str | Path, output: str | Path | None = None,
     notes: list[str] = []
     model = read_onnx(source)
     props = {p.key: p.value for p in model.metadata_props}
+    with contextlib.suppress(MetadataError):
+        refuse_runtime_only(ArtifactMetadata.from_props(props), source, "tensorrt")
     fused = fuse_channel_layer_norms(model)
     if fused:
         notes.append(f"{fused} spelled-out channel LayerNorms fused back into LayerNormalization nodes")

@@ -15,11 +15,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from glnet_export.atomic import atomic_outputs, check_writable
 from glnet_export.errors import ExportError, OptionError, one_line
 from glnet_export.metadata import ArtifactMetadata, MetadataError
 from runtimes.tensorrt import cuda_device, require_tensorrt
 
-from .atomic import atomic_outputs, check_writable
+from .onnxruntime import refuse_runtime_only
 from .precision import PRECISIONS, PrecisionOptions, PrecisionResult, write_precision_onnx
 from .trt_profiles import (
     EngineManifest,
@@ -97,7 +98,9 @@ def plan_build(source: str | Path, options: TensorRTBuildOptions) -> BuildPlan:
         raise OptionError(f"{source}: no such ONNX file")
     name, dims, opset, props = onnx_input(source)
     try:
-        size = ArtifactMetadata.from_props(props).input_size
+        meta = ArtifactMetadata.from_props(props)
+        size = meta.input_size
+        refuse_runtime_only(meta, source, "tensorrt")
     except MetadataError:
         size = (224, 224)  # not a glnet-export file: dynamic H and W need --min/--opt/--max to be meaningful
     profile = resolve_profile(name, dims, size, options.min_shape, options.opt_shape, options.max_shape)

@@ -52,6 +52,20 @@ class ArtifactMetadata:
     # (strides 4, 8, 16, 32), then any slot maps `slots_<block>` (glnet.features).
     task: str = "classify"
     outputs: tuple[str, ...] = ("logits",)
+    # Which runtime the file was rewritten for (export.passes): "portable" runs anywhere;
+    # "onnxruntime" uses contrib ops (`contrib_ops`) that only `requires` can run.
+    target: str = "portable"
+    requires: str = ""  # e.g. "onnxruntime>=1.20"; "" = any ONNX runtime
+    contrib_ops: tuple[str, ...] = ()  # "com.microsoft.Attention", ...
+    graph_passes: dict[str, int] = field(default_factory=dict)  # pass name -> sites rewritten
+    # OpenVINO: the compute precision the IR was built for ("f32": residual fold applied,
+    # ask the device for f32); "" = the device's own choice.
+    compute_precision: str = ""
+
+    @property
+    def runtime_only(self) -> str | None:
+        """The one runtime this file runs on, or None for a portable file."""
+        return None if self.target in ("", "portable") else self.target
 
     def to_props(self) -> dict[str, str]:
         props = {}

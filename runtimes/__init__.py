@@ -20,14 +20,12 @@ SUFFIXES = {".onnx": "onnxruntime", ".xml": "openvino", ".engine": "tensorrt", "
 
 
 def load(path: str | Path, device: str = "cpu", threads: int | None = None, precision: str | None = None,
-         rewrite: bool = True, **kwargs: Any) -> Runner:
+         **kwargs: Any) -> Runner:
     """A runner for the artifact at `path`, the back-end chosen by the file type.
 
     `precision` asks a back-end that picks its own compute precision (OpenVINO) for one;
-    the runner's `precision` attribute always says what actually runs. `rewrite=False`
-    runs an ONNX file or IR exactly as it is, without the in-memory graph rewrites that
-    onnxruntime and OpenVINO get for speed (attention and LayerNorm fusion, residual fold,
-    conv-sum regrouping).
+    the runner's `precision` attribute always says what actually runs. Files run exactly as
+    they are: every graph rewrite is an export step (`export.passes`).
     """
     path = Path(path)
     if path.is_dir():
@@ -41,7 +39,7 @@ def load(path: str | Path, device: str = "cpu", threads: int | None = None, prec
     if path.stat().st_size == 0:
         raise ArtifactLoadError(f"{path}: empty file")
     try:
-        runner = _runner(path, backend, device, threads, precision, rewrite, **kwargs)
+        runner = _runner(path, backend, device, threads, precision, **kwargs)
     except (GlnetExportError, TypeError, AttributeError, NameError, AssertionError):
         raise  # ours, with their own message, or a bug that must not pass for a bad file
     except Exception as exc:  # what the back-end says of a file it cannot parse or compile
@@ -55,16 +53,16 @@ def load(path: str | Path, device: str = "cpu", threads: int | None = None, prec
     return runner
 
 
-def _runner(path: Path, backend: str, device: str, threads: int | None, precision: str | None, rewrite: bool,
+def _runner(path: Path, backend: str, device: str, threads: int | None, precision: str | None,
             **kwargs: Any) -> Runner:
     if backend == "onnxruntime":
         from .onnxruntime import OnnxRuntimeRunner
 
-        return OnnxRuntimeRunner(path, device=device, threads=threads, rewrite=rewrite)
+        return OnnxRuntimeRunner(path, device=device, threads=threads)
     if backend == "openvino":
         from .openvino import OpenVinoRunner
 
-        return OpenVinoRunner(path, device=device, threads=threads, precision=precision, rewrite=rewrite, **kwargs)
+        return OpenVinoRunner(path, device=device, threads=threads, precision=precision, **kwargs)
     from .tensorrt import TensorRTRunner
 
     return TensorRTRunner(path, device=device, **kwargs)

@@ -1,15 +1,19 @@
-"""onnxruntime back-end (CPU; the CUDA and TensorRT execution providers when installed)."""
+"""onnxruntime back-end (CPU; the CUDA and TensorRT execution providers when installed).
+
+The session runs the file exactly as it is on disk, as any app's `InferenceSession` would:
+the graph rewrites that make GLNet fast here are made at export time (`export.passes`,
+`glnet-export onnx --target onnxruntime`), so what this runner measures is what users get.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from glnet_export.metadata import ArtifactMetadata, MetadataError
 
-from .base import BackendUnavailableError, Runner, TensorSpec
+from .base import BackendUnavailableError, Runner, RuntimeInputError, TensorSpec
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -36,48 +40,11 @@ def session_options(threads: int | None = None):  # type: ignore[no-untyped-def]
     return opts
 
 
-@dataclass(frozen=True)
-class GraphRewrites:
-    """What `session_source` changed in the graph a session runs (the file is never changed)."""
-
-    fused_attention: int = 0  # MHA subgraphs -> com.microsoft.Attention (runtimes.ort_fusion)
-    folded_residual_convs: int = 0  # h + DWConv(h) -> DWConv' (runtimes.residual_fold)
-    fused_layer_norms: int = 0  # spelled-out channel LayerNorms -> LayerNormalization (runtimes.layer_norm)
-    regrouped_conv_sums: int = 0  # x + (y + conv) -> (x + conv) + y for a conv x (runtimes.conv_sums)
-
-
-def session_source(path: str | Path, device: str = "cpu", rewrite: bool = True) -> tuple[str | bytes, GraphRewrites]:
-    """What to hand `InferenceSession` for `path`, and what was rewritten in it.
-
-    The rewrites happen in memory only: the contrib Attention op exists in onnxruntime
-    alone (see `ort_fusion`), the residual fold is for fp32 execution (see `residual_fold`),
-    the channel LayerNorms that the deploy form spells out for OpenVINO run about 4%
-    faster here as Transpose -> LayerNormalization -> Transpose (onnxruntime's reductions
-    over axis 1 of an NCHW map are slow), and GLMix's residual sum is regrouped so that
-    onnxruntime can add two convolution outputs inside a convolution (see `conv_sums`;
-    OpenVINO's bf16 loses accuracy with that order). The file on disk stays as exported.
-    """
-    if not rewrite or device not in ("cpu", "cuda"):
-        return str(path), GraphRewrites()
-    import onnx
-
-    from .conv_sums import regroup_conv_sums
-    from .layer_norm import fuse_channel_layer_norms
-    from .ort_fusion import fuse_attention
-    from .residual_fold import fold_residual_depthwise
-
-    model = onnx.load(str(path))
-    done = GraphRewrites(fuse_attention(model), fold_residual_depthwise(model), fuse_channel_layer_norms(model),
-                         regroup_conv_sums(model))
-    return (model.SerializeToString(), done) if done != GraphRewrites() else (str(path), done)
-
-
 class OnnxRuntimeRunner(Runner):
     backend = "onnxruntime"
     thread_safe = True  # InferenceSession.run is documented thread-safe
 
-    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None,
-                 rewrite: bool = True) -> None:
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None) -> None:
         super().__init__()
         ort = _ort()
         if device not in PROVIDERS:
@@ -88,8 +55,7 @@ class OnnxRuntimeRunner(Runner):
             raise BackendUnavailableError(
                 f"onnxruntime here has no {wanted[0]} (available: {', '.join(sorted(available))})"
             )
-        source, self.rewrites = session_source(path, device, rewrite)
-        self.session = ort.InferenceSession(source, session_options(threads), providers=wanted)
+        self.session = ort.InferenceSession(str(path), session_options(threads), providers=wanted)
         self.device = device
         self.inputs = [TensorSpec(i.name, tuple(i.shape), i.type) for i in self.session.get_inputs()]
         self.outputs = [TensorSpec(o.name, tuple(o.shape), o.type) for o in self.session.get_outputs()]
@@ -99,6 +65,13 @@ class OnnxRuntimeRunner(Runner):
             self.precision = self.metadata.precision
         except MetadataError:
             self.metadata = None
+        if device == "tensorrt" and self.metadata is not None and self.metadata.runtime_only == "onnxruntime":
+            # TensorRT's execution provider cannot take contrib ops; the session would
+            # quietly run them on CUDA or the CPU and the numbers would not be TensorRT's.
+            del self.session
+            raise RuntimeInputError(f"{path}: an onnxruntime-targeted file (contrib ops "
+                                    f"{', '.join(self.metadata.contrib_ops) or 'none'}) cannot run on TensorRT; "
+                                    "use the portable ONNX it came from")
         self._input_name = self.inputs[0].name
         self._output_names = [o.name for o in self.outputs]
 

@@ -85,29 +85,12 @@ def stored_precision(model: Any) -> tuple[str, int]:
     return ("fp16" if constants["fp16"] > constants["fp32"] else "fp32"), 0
 
 
-def computes_f32(core: Any, device: str, precision: str | None) -> bool:
-    """Whether float layers will run in f32 on `device`: asked for, or the device's default."""
+def precision_to_ask(model: Any, precision: str | None) -> str | None:
+    """`precision` if given, else the compute precision the IR was built for (None: the device's choice)."""
     if precision is not None:
-        return PRECISION_HINTS.get(precision.lower()) == "f32"
-    try:
-        hint = core.get_property(device.upper(), "INFERENCE_PRECISION_HINT")
-    except RuntimeError:
-        return False
-    name = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
-    return _OV_FLOAT.get(name) == "fp32"
-
-
-def fold_for_f32(core: Any, model: Any, device: str, precision: str | None) -> int:
-    """Fold h + DWConv(h) into the kernels (`openvino_fold`) if `model` will compute in f32.
-
-    Not for int8 IRs (their kernels are quantized) nor bf16/f16 compute (the identity would
-    round in the weight). Returns how many were folded.
-    """
-    if stored_precision(model)[1] or not computes_f32(core, device, precision):
-        return 0
-    from .openvino_fold import fold_residual_depthwise_ov
-
-    return fold_residual_depthwise_ov(model)
+        return precision
+    meta = read_metadata(model)
+    return meta.compute_precision or None if meta is not None else None
 
 
 def _spec(port: Any, names: tuple[str, ...]) -> TensorSpec:
@@ -150,8 +133,13 @@ class OpenVinoRunner(Runner):
     Attributes beyond `Runner`: `requested_precision` (what was asked, None = the
     plugin's default), `float_precision` (what the float layers run in), `weights_precision`
     (what the IR stores: fp32 / fp16 / int8), `int8_nodes` (FakeQuantize count),
-    `layer_precisions` (compiled compute layers per runtime precision) and
-    `folded_residual_convs` (h + DWConv(h) folded in memory for f32; `rewrite=False` keeps them).
+    `layer_precisions` (compiled compute layers per runtime precision).
+
+    The IR runs as written: no graph rewrite happens here (`export.passes`). The one thing
+    taken from the file is the compute precision it was built for (`ArtifactMetadata.
+    compute_precision`, e.g. "f32" for an IR with its residual convolutions folded): when
+    `precision` is None the runner asks the device for it, as the README tells apps to do,
+    because OpenVINO's CPU plugin does not read a precision hint from an IR's rt_info.
     """
 
     backend = "openvino"
@@ -160,7 +148,7 @@ class OpenVinoRunner(Runner):
     thread_safe = True
 
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None,
-                 precision: str | None = None, static_shapes: bool = True, rewrite: bool = True,
+                 precision: str | None = None, static_shapes: bool = True,
                  **config: Any) -> None:
         super().__init__()
         ov = import_openvino()
@@ -175,10 +163,8 @@ class OpenVinoRunner(Runner):
             raise RuntimeInputError(f"{path}: OpenVINO cannot read it: {_first_line(exc)}") from None
         self.metadata = read_metadata(model)
         self.weights_precision, self.int8_nodes = stored_precision(model)
+        precision = precision_to_ask(model, precision)
         self.requested_precision = precision
-        # In f32 the residual depthwise convolutions fold into their kernels (about 3%
-        # faster); in bf16 or f16 the identity would round in a weight (`residual_fold`).
-        self.folded_residual_convs = fold_for_f32(core, model, self.device, precision) if rewrite else 0
 
         settings: dict[str, Any] = dict(config)
         if precision is not None:

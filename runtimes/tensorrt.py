@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from export.trt_profiles import EngineManifest, ManifestError, check_manifest, manifest_path
+from glnet_export.engine_manifest import EngineManifest, ManifestError, check_manifest, manifest_path
 from glnet_export.metadata import ArtifactMetadata, MetadataError
 
 from .base import BackendUnavailableError, Runner, RuntimeInputError, TensorSpec

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from export.passes.attention import fuse_attention
 
 import glnet
 from export.onnx import OnnxExportOptions, export_onnx
 from glnet.testing import perturb_weights_
 from runtimes.onnxruntime import OnnxRuntimeRunner
-from runtimes.ort_fusion import fuse_attention
 
 
 @pytest.fixture(scope="module", params=["batch", "shape"])

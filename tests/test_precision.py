@@ -13,6 +13,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from export.passes.layer_norm import fuse_channel_layer_norms
 from typer.testing import CliRunner
 
 import glnet
@@ -25,7 +26,6 @@ from glnet.testing import perturb_weights_
 from glnet_export.cli import app
 from glnet_export.errors import GlnetExportError, OptionError
 from glnet_export.photos import sample_photo_paths
-from runtimes.layer_norm import fuse_channel_layer_norms
 
 FLOAT, FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
 

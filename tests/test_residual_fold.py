@@ -10,6 +10,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from export.passes.openvino_fold import fold_residual_depthwise_ov
+from export.passes.residual_fold import fold_residual_depthwise
 
 import glnet
 import runtimes
@@ -19,8 +21,6 @@ from glnet.layers import ResidualDWConv
 from glnet.testing import perturb_weights_
 from runtimes.onnxruntime import GraphRewrites, OnnxRuntimeRunner
 from runtimes.openvino import OpenVinoRunner
-from runtimes.openvino_fold import fold_residual_depthwise_ov
-from runtimes.residual_fold import fold_residual_depthwise
 
 C = 4
 

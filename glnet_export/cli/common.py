@@ -76,7 +76,7 @@ def checked_output(target: Path | None) -> Path | None:
     unwritable path while parsing the options, before minutes of exporting or timing,
     rather than at the end of the work."""
     if target is not None and str(target) != "-":
-        from export.atomic import OutputPathError, check_writable
+        from glnet_export.atomic import OutputPathError, check_writable
 
         try:
             check_writable(target)
@@ -93,7 +93,7 @@ def write_json(data: Any, target: Path | None) -> None:
     if str(target) == "-":
         sys.stdout.write(text)
         return
-    from export.atomic import atomic_outputs
+    from glnet_export.atomic import atomic_outputs
 
     with atomic_outputs(target) as (temp,):
         temp.write_text(text, encoding="utf-8")

@@ -27,7 +27,7 @@ def slots(
                                                    help="Write the result as JSON ('-': stdout).")] = None,
 ) -> None:
     """Colour each pixel by its dominant semantic slot, blended over the image."""
-    from glnet_export.slot_maps import draw_slot_maps
+    from runtimes.slot_maps import draw_slot_maps
 
     output = output or Path(f"{image.stem}_slots.png")
     result = draw_slot_maps(artifact, image, output, block=block, grid=grid, alpha=alpha, device=device)

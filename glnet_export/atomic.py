@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from glnet_export.errors import GlnetExportError
+from .errors import GlnetExportError
 
 
 class OutputPathError(GlnetExportError):

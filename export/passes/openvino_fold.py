@@ -1,4 +1,4 @@
-"""`runtimes.residual_fold` for an OpenVINO model: h + DWConv(h) -> DWConv'(h), for f32 runs.
+"""`export.passes.residual_fold` for an OpenVINO model: h + DWConv(h) -> DWConv'(h), for f32 runs.
 
 The ONNX Conv of a depthwise convolution arrives in OpenVINO as GroupConvolution(h, W) with
 W a G x 1 x 1 x k x k Constant, then Add(bias); the residual is one more Add with h. The CPU

@@ -1,0 +1,118 @@
+"""A portable glnet-export ONNX file -> the onnxruntime-targeted file users ship to onnxruntime.
+
+The portable file runs anywhere (TensorRT, OpenVINO, any ONNX runtime). The targeted file
+carries `export.passes`' onnxruntime rewrites (contrib Attention, fused LayerNorms, folded
+residual convolutions, regrouped residual sums), so a plain `InferenceSession` in any
+language runs it at the speed `glnet-export bench` reports. It needs onnxruntime, and its
+metadata says so (`target`, `requires`, `contrib_ops`, `graph_passes`), so that other
+back-ends refuse it with one line instead of a parser error about an unknown op.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from glnet_export.atomic import check_writable
+from glnet_export.errors import ExportError, OptionError, one_line
+from glnet_export.metadata import ArtifactMetadata, MetadataError
+from glnet_export.onnx_file import read_onnx
+
+from .passes import ONNXRUNTIME_REQUIRES, PassReport, apply_onnx_target, contrib_ops
+
+Progress = Callable[[str], None]
+TARGET = "onnxruntime"
+
+
+@dataclass
+class OnnxRuntimeTargetResult:
+    path: Path
+    source: Path
+    metadata: ArtifactMetadata
+    passes: PassReport
+    nodes_before: int
+    nodes_after: int
+    size_bytes: int
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
+def metadata_of(proto: onnx.ModelProto, where: str | Path) -> ArtifactMetadata:
+    try:
+        return ArtifactMetadata.from_props({p.key: p.value for p in proto.metadata_props})
+    except MetadataError as exc:
+        raise ExportError(f"{where}: {exc}; export it with `glnet-export onnx` first") from None
+
+
+def refuse_runtime_only(meta: ArtifactMetadata, where: str | Path, backend: str) -> None:
+    """One clear line when a file rewritten for another runtime is handed to `backend`."""
+    only = meta.runtime_only
+    if only is not None and only != backend:
+        ops = f" (contrib ops {', '.join(meta.contrib_ops)})" if meta.contrib_ops else ""
+        raise ExportError(f"{where} is an {only}-only file{ops}; {backend} needs the portable ONNX "
+                          f"(`glnet-export onnx` without --target)")
+
+
+def set_metadata(proto: onnx.ModelProto, meta: ArtifactMetadata) -> None:
+    del proto.metadata_props[:]
+    for key, value in meta.to_props().items():
+        proto.metadata_props.add(key=key, value=value)
+
+
+def target_proto(proto: onnx.ModelProto, meta: ArtifactMetadata) -> tuple[ArtifactMetadata, PassReport]:
+    """Rewrite `proto` in place for onnxruntime and record it in its metadata; the new metadata."""
+    if meta.runtime_only is not None:
+        raise ExportError(f"the file is already {meta.runtime_only}-targeted; start from the portable ONNX")
+    report = apply_onnx_target(proto, TARGET)
+    try:
+        # The contrib domain is unknown to onnx's schemas, so no full (shape-inferring) check.
+        onnx.checker.check_model(proto)
+    except Exception as exc:
+        raise ExportError(f"the onnxruntime-targeted graph fails onnx.checker: {one_line(exc)}") from exc
+    meta = dataclasses.replace(meta, target=TARGET, requires=ONNXRUNTIME_REQUIRES, contrib_ops=contrib_ops(proto),
+                               graph_passes=dict(report.counts))
+    set_metadata(proto, meta)
+    return meta, report
+
+
+def default_output(source: Path) -> Path:
+    """glnet_4g.onnx -> glnet_4g_ort.onnx (still .onnx: every tool knows the suffix)."""
+    return source.with_name(f"{source.stem}_ort.onnx")
+
+
+def convert_onnxruntime(source: str | Path, output: str | Path | None = None,
+                        progress: Progress | None = None) -> OnnxRuntimeTargetResult:
+    """Write the onnxruntime-targeted form of the portable file `source` to `output`."""
+    from .onnx import save_onnx
+
+    source = Path(source)
+    output = Path(output) if output is not None else default_output(source)
+    if output.suffix.lower() != ".onnx":
+        raise OptionError(f"{output}: the onnxruntime-targeted file is ONNX; its name must end in .onnx")
+    if output.resolve() == source.resolve():
+        raise OptionError(f"{output}: would overwrite the portable source; choose another -o")
+    check_writable(output)
+    say = progress or (lambda _msg: None)
+    start = time.perf_counter()
+    proto = read_onnx(source)
+    meta = metadata_of(proto, source)
+    if meta.runtime_only is not None:
+        raise ExportError(f"{source} is already {meta.runtime_only}-targeted; start from the portable ONNX")
+    nodes_before = len(proto.graph.node)
+    say("rewriting the graph for onnxruntime (attention, residual fold, LayerNorm, conv sums)")
+    meta, report = target_proto(proto, meta)
+    notes = []
+    if report.counts.get("attention", 0) == 0:
+        notes.append("no attention matched the fusion (graph layout changed?); the file is only slightly faster")
+    say(f"writing {output}")
+    save_onnx(proto, output)
+    return OnnxRuntimeTargetResult(
+        path=output, source=source, metadata=meta, passes=report, nodes_before=nodes_before,
+        nodes_after=len(proto.graph.node), size_bytes=output.stat().st_size, seconds=time.perf_counter() - start,
+        notes=notes,
+    )
