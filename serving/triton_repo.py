@@ -127,7 +127,7 @@ def _tensorrt_specs(path: Path) -> tuple[list[tuple[str, str, Dims]], list[tuple
     # No TensorRT needed: the manifest `glnet-export tensorrt` writes beside the engine has
     # the profile (which axes vary) and the metadata; output shapes come from the metadata
     # or, for feature artifacts, from the source ONNX the manifest names.
-    from export.trt_profiles import EngineManifest, manifest_path
+    from glnet_export.engine_manifest import EngineManifest, manifest_path
 
     mpath = manifest_path(path)
     if not mpath.is_file():
@@ -245,7 +245,7 @@ def _type(dtype: str) -> str:
 
 
 def _tensorrt_profile_max(engine: Path) -> int:
-    from export.trt_profiles import EngineManifest, manifest_path
+    from glnet_export.engine_manifest import EngineManifest, manifest_path
 
     manifest = EngineManifest.from_json(manifest_path(engine).read_text(encoding="utf-8"))
     return manifest.profiles[0].max[0]

@@ -10,6 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+
 from export.passes.conv_sums import regroup_conv_sums
 
 C = 16  # onnxruntime's NCHWc convolutions need channel counts in whole blocks (8 or 16)

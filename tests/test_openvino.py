@@ -192,7 +192,6 @@ def test_int8_of_a_trained_model_keeps_top1_on_held_out_digits(digits: TrainedDi
     runner = OpenVinoRunner(result.xml, precision="fp32")
     with runner:
         assert runner.per_shape  # int8 + dynamic batch: compiled per shape (openvino issue #37577)
-        assert runner.folded_residual_convs == 0, "int8 kernels keep their residual adds"
         x = np.concatenate([_digit_input(p, runner) for p in photos])
         int8_labels = np.concatenate([runner.infer(x[i : i + 100]) for i in range(0, len(x), 100)]).argmax(1)
     with torch.inference_mode():

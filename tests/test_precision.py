@@ -13,12 +13,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from export.passes.layer_norm import fuse_channel_layer_norms
 from typer.testing import CliRunner
 
 import glnet
 import runtimes
 from export.onnx import OnnxExportOptions, _quiet_exporter, export_onnx
+from export.passes.layer_norm import fuse_channel_layer_norms
 from export.precision import PrecisionOptions, sensitive_nodes, to_fp16, write_precision_onnx
 from export.verify import VerifyOptions, verify_artifact
 from glnet.blocks import GLMixBlock

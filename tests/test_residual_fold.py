@@ -10,16 +10,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from export.passes.openvino_fold import fold_residual_depthwise_ov
-from export.passes.residual_fold import fold_residual_depthwise
 
 import glnet
-import runtimes
 from export.onnx import OnnxExportOptions, export_onnx
 from export.openvino import OpenVinoOptions, convert_openvino
+from export.passes.openvino_fold import fold_residual_depthwise_ov
+from export.passes.residual_fold import fold_residual_depthwise
 from glnet.layers import ResidualDWConv
 from glnet.testing import perturb_weights_
-from runtimes.onnxruntime import GraphRewrites, OnnxRuntimeRunner
 from runtimes.openvino import OpenVinoRunner
 
 C = 4
@@ -80,20 +78,20 @@ def test_only_exact_matches_fold_and_outputs_stay_the_same(convs: list, extra_us
     assert fold_residual_depthwise(folded) == 0, "folding twice changes nothing more"
 
 
-def test_the_file_keeps_its_residual_adds_and_the_onnxruntime_session_folds_them(tmp_path: Path) -> None:
+def test_the_portable_file_keeps_its_residual_adds_and_the_onnxruntime_file_folds_them(tmp_path: Path) -> None:
     model = perturb_weights_(glnet.create_model("glnet_tiny"), seed=3)
     residual = sum(1 for name, module in model.named_modules()
                    if isinstance(module, ResidualDWConv) or (name.endswith("pos_conv") and module is not None))
     assert residual == 10
-    path = tmp_path / "tiny.onnx"
-    export_onnx(model, path, OnnxExportOptions(dynamic="shape", input_size=(64, 64)))
-    assert fold_residual_depthwise(onnx.load(path)) == residual, "the file is not folded (bf16 and int8 read it)"
+    portable, targeted = tmp_path / "tiny.onnx", tmp_path / "tiny_ort.onnx"
+    export_onnx(model, portable, OnnxExportOptions(dynamic="shape", input_size=(64, 64)))
+    result = export_onnx(model, targeted, OnnxExportOptions(dynamic="shape", input_size=(64, 64), target="onnxruntime"))
+    assert fold_residual_depthwise(onnx.load(portable)) == residual, "the portable file is not folded (bf16 reads it)"
+    assert result.passes is not None and result.passes.counts["residual_fold"] == residual
+    assert fold_residual_depthwise(onnx.load(targeted)) == 0, "the onnxruntime file is folded on disk"
     x = np.random.default_rng(2).standard_normal((2, 3, 96, 64)).astype(np.float32)
-    with OnnxRuntimeRunner(path) as folded, OnnxRuntimeRunner(path, rewrite=False) as plain:
-        assert folded.rewrites.folded_residual_convs == residual and plain.rewrites == GraphRewrites()
-        with runtimes.load(path, rewrite=False) as loaded:
-            assert isinstance(loaded, OnnxRuntimeRunner) and loaded.rewrites == GraphRewrites()
-        a, b = plain.infer(x), folded.infer(x)
+    plain, folded = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (portable, targeted))
+    a, b = plain.run(None, {"input": x})[0], folded.run(None, {"input": x})[0]
     assert float(np.abs(a - b).max() / np.abs(a).max()) < 1e-5
 
 
@@ -113,19 +111,21 @@ def test_openvino_folds_the_same_matches(convs: list, extra_use: bool, expected:
         np.testing.assert_allclose(after[i], before[i], rtol=1e-5, atol=1e-5)
 
 
-def test_the_openvino_runner_folds_in_f32_only(tmp_path: Path) -> None:
+def test_openvino_ir_built_for_f32_is_folded_and_asks_for_f32(tmp_path: Path) -> None:
     pytest.importorskip("openvino")
     model = perturb_weights_(glnet.create_model("glnet_tiny"), seed=3)
     path = tmp_path / "tiny.onnx"
     export_onnx(model, path, OnnxExportOptions(dynamic="batch", input_size=(64, 64)))
-    ir = convert_openvino(path, tmp_path / "tiny.xml", OpenVinoOptions(precision="fp32")).xml
+    auto = convert_openvino(path, tmp_path / "tiny.xml", OpenVinoOptions(precision="fp32"))
+    f32 = convert_openvino(path, tmp_path / "tiny_f32.xml", OpenVinoOptions(precision="fp32", compute="f32"))
+    assert auto.passes == {} and auto.metadata.compute_precision == ""
+    assert f32.passes == {"residual_fold": 10} and f32.metadata.compute_precision == "f32"
+    assert f32.nodes < auto.nodes, "the folded Adds are gone from the IR on disk"
     x = np.random.default_rng(2).standard_normal((3, 3, 64, 64)).astype(np.float32)
-    with (OpenVinoRunner(ir, threads=2, precision="fp32") as folded,
-          OpenVinoRunner(ir, threads=2, precision="fp32", rewrite=False) as plain,
-          OpenVinoRunner(ir, threads=2, precision="bf16") as bf16):
-        assert folded.folded_residual_convs == 10 and plain.folded_residual_convs == 0
-        assert bf16.folded_residual_convs == 0, "in bf16 the identity would round in the weight"
+    with (OpenVinoRunner(auto.xml, threads=2, precision="fp32") as plain,
+          OpenVinoRunner(f32.xml, threads=2) as folded):  # no precision asked: the file says f32
+        assert folded.requested_precision == "f32" and folded.float_precision == "fp32"
         a, b = plain.infer(x), folded.infer(x)
     assert float(np.abs(a - b).max() / np.abs(a).max()) < 1e-5
-    with OpenVinoRunner(ir, threads=2) as default:  # folds where the CPU's default precision is f32
-        assert default.folded_residual_convs == (10 if default.float_precision == "fp32" else 0)
+    with OpenVinoRunner(auto.xml, threads=2) as default:
+        assert default.requested_precision is None, "an IR for the device's own choice asks for nothing"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from . import models_cmd, onnx_cmd, openvino_cmd, predict_cmd, slots_cmd, tensorrt_cmd, verify_cmd
+from . import models_cmd, onnx_cmd, openvino_cmd, ort_cmd, predict_cmd, slots_cmd, tensorrt_cmd, verify_cmd
 from .bench_cmd import app as bench_app
 from .benchmark_cmd import benchmark
 from .serve_cmd import serve, triton
@@ -20,6 +20,7 @@ app = typer.Typer(
 )
 app.command("models")(models_cmd.models)
 app.command("onnx")(onnx_cmd.onnx)
+app.command("ort")(ort_cmd.ort)
 app.command("openvino")(openvino_cmd.openvino)
 app.command("verify")(verify_cmd.verify)
 app.command("predict")(predict_cmd.predict)

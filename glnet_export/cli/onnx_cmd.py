@@ -22,6 +22,9 @@ def onnx(
     input_size: Annotated[str, typer.Option("--input-size", help="N or HxW; the export shape.")] = "224",
     batch: Annotated[int, typer.Option(help="Batch size: fixed with --dynamic none, else the first one verified.")] = 1,
     dynamic: Annotated[str, typer.Option(help="none | batch | shape (batch, height and width).")] = "batch",
+    target: Annotated[str, typer.Option(help="portable (standard ONNX: TensorRT, OpenVINO, any runtime) | "
+                                        "onnxruntime (rewritten for onnxruntime's kernels: faster there, "
+                                        "runs nowhere else).")] = "portable",
     simplify: Annotated[bool, typer.Option(help="Simplify the graph with onnxsim.")] = True,
     verify: Annotated[bool, typer.Option(help="Run the file in onnxruntime against PyTorch after export.")] = True,
     json_path: Annotated[Path | None, typer.Option("--json", callback=checked_output,
@@ -44,7 +47,7 @@ def onnx(
     from export.verify import VerifyOptions, verify_onnx
 
     options = OnnxExportOptions(opset=opset, input_size=parse_input_size(input_size), batch=batch,
-                                dynamic=dynamic, simplify=simplify, features=features,
+                                dynamic=dynamic, simplify=simplify, features=features, target=target,
                                 slot_blocks=tuple(b for b in (with_slots or "").split(",") if b.strip()))
     options.validate()
     vopts = VerifyOptions(batch=batch, max_rel=max_rel, min_cosine=min_cosine, min_top1=min_top1, threads=threads)
@@ -112,5 +115,12 @@ def _summary(result, checkpoint: Path | None) -> Table:  # type: ignore[no-untyp
     table.add_row("nodes", f"{result.nodes_exported} exported -> {result.nodes_final} {simplified}")
     table.add_row("dynamic", meta.dynamic + ("" if meta.dynamic == "none" else
                                              f" ({', '.join(result.dynamic_axes['input'])})"))
+    if result.passes is not None:
+        table.add_row("target", target_line(meta, result.passes))
     table.add_row("time", f"{result.seconds:.1f} s")
     return table
+
+
+def target_line(meta, passes) -> str:  # type: ignore[no-untyped-def]
+    ops = ", ".join(meta.contrib_ops) or "no contrib ops"
+    return escape(f"{meta.target} only (needs {meta.requires}; {ops}); rewritten: {passes.describe()}")

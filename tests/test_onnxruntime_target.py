@@ -1,0 +1,168 @@
+"""The onnxruntime-targeted file: rewritten at export, run by a bare InferenceSession.
+
+What a user ships to onnxruntime is this file, loaded with onnxruntime's own API and no
+code of ours; so these tests load it that way and compare it with PyTorch at several
+batches and resolutions, on real photographs and random inputs. Other back-ends refuse it
+with one line.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import glnet
+from export.onnx import OnnxExportOptions, export_onnx
+from export.onnxruntime import convert_onnxruntime, default_output
+from export.passes import ONNX_PASSES, ONNXRUNTIME_REQUIRES
+from glnet.testing import perturb_weights_
+from glnet_export.cli import app
+from glnet_export.errors import ArtifactLoadError, ExportError, OptionError
+from glnet_export.metadata import ArtifactMetadata
+from glnet_export.photos import sample_photo_paths
+from glnet_export.preprocess import preprocess
+
+# glnet_tiny: 3 GLMix blocks (a relation MHA each) + 2 grid MHSA blocks; 5 pos_conv + 5
+# MLP residual depthwise convolutions; 2 channel LayerNorms and one residual sum per GLMix.
+EXPECTED_PASSES = {"attention": 5, "residual_fold": 10, "layer_norm": 6, "conv_sums": 3}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    folder = tmp_path_factory.mktemp("ort_target")
+    model = perturb_weights_(glnet.create_model("glnet_tiny"), seed=11).eval()
+    for name, param in model.named_parameters():  # non-zero attention biases: the fused node must carry them
+        if name.endswith(("in_proj_bias", "out_proj.bias")):
+            param.data.normal_(0, 0.5)
+    portable = folder / "tiny.onnx"
+    export_onnx(model, portable, OnnxExportOptions(dynamic="shape", input_size=(96, 96)))
+    targeted = folder / "tiny_ort.onnx"
+    result = export_onnx(model, targeted, OnnxExportOptions(dynamic="shape", input_size=(96, 96),
+                                                            target="onnxruntime"))
+    return {"model": model, "portable": portable, "targeted": targeted, "result": result, "folder": folder}
+
+
+def _bare_session(path: Path) -> ort.InferenceSession:
+    """What an app writes: no glnet-export code between the file and onnxruntime."""
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _photo_batch(n: int, size: tuple[int, int]) -> np.ndarray:
+    meta = ArtifactMetadata(model="glnet_tiny", num_classes=1000, input_size=size)
+    paths = sample_photo_paths()
+    assert paths, "the sample photographs are part of the dev install"
+    return np.concatenate([preprocess(paths[i % len(paths)], meta) for i in range(n)])
+
+
+@pytest.mark.parametrize("shape", [(1, 96, 96), (4, 96, 96), (2, 128, 160), (3, 97, 131)])
+def test_bare_session_matches_pytorch(files: dict, shape: tuple[int, int, int]) -> None:
+    batch, h, w = shape
+    session = _bare_session(files["targeted"])
+    rng = np.random.default_rng(batch * h)
+    for x in (_photo_batch(batch, (h, w)), rng.standard_normal((batch, 3, h, w), dtype=np.float32)):
+        got = session.run(None, {"input": x})[0]
+        with torch.inference_mode():
+            want = files["model"](torch.from_numpy(x)).numpy()
+        rel = float(np.abs(got - want).max() / np.abs(want).max())
+        assert rel < 1e-4, f"{shape}: max rel {rel:.2e}"
+        assert (got.argmax(1) == want.argmax(1)).all()
+
+
+def test_the_file_carries_the_rewrites_and_says_what_it_needs(files: dict) -> None:
+    result = files["result"]
+    assert result.passes.counts == EXPECTED_PASSES
+    proto = onnx.load(files["targeted"])
+    ops = Counter(n.op_type for n in proto.graph.node)
+    before = Counter(n.op_type for n in onnx.load(files["portable"]).graph.node)
+    assert ops["Attention"] == 5 and before["Attention"] == 0
+    assert ops["LayerNormalization"] == before["LayerNormalization"] + 6, "the GLMix channel LayerNorms are fused"
+    assert any(o.domain == "com.microsoft" for o in proto.opset_import)
+    # The metadata as any onnxruntime app reads it.
+    props = _bare_session(files["targeted"]).get_modelmeta().custom_metadata_map
+    meta = ArtifactMetadata.from_props(props)
+    assert meta.target == "onnxruntime" and meta.runtime_only == "onnxruntime"
+    assert meta.requires == ONNXRUNTIME_REQUIRES
+    assert meta.contrib_ops == ("com.microsoft.Attention",)
+    assert meta.graph_passes == EXPECTED_PASSES
+    portable = ArtifactMetadata.from_props({p.key: p.value for p in onnx.load(files["portable"]).metadata_props})
+    assert portable.target == "portable" and portable.runtime_only is None and portable.contrib_ops == ()
+    assert not any(n.domain for n in onnx.load(files["portable"]).graph.node), "the portable file is standard ONNX"
+
+
+def test_converting_a_portable_file_gives_the_same_graph(files: dict, tmp_path: Path) -> None:
+    converted = convert_onnxruntime(files["portable"], tmp_path / "converted.onnx")
+    assert converted.passes.counts == EXPECTED_PASSES
+    assert converted.nodes_after < converted.nodes_before
+    a, b = onnx.load(converted.path), onnx.load(files["targeted"])
+    assert Counter(n.op_type for n in a.graph.node) == Counter(n.op_type for n in b.graph.node)
+    assert default_output(Path("x/glnet_4g.onnx")) == Path("x/glnet_4g_ort.onnx")
+
+
+def test_a_targeted_file_is_not_targeted_twice_and_nothing_is_written(files: dict, tmp_path: Path) -> None:
+    out = tmp_path / "twice.onnx"
+    with pytest.raises(ExportError, match="already onnxruntime-targeted"):
+        convert_onnxruntime(files["targeted"], out)
+    with pytest.raises(OptionError, match="overwrite the portable source"):
+        convert_onnxruntime(files["portable"], files["portable"])
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a protobuf at all")
+    with pytest.raises(ArtifactLoadError, match="not a readable ONNX file"):
+        convert_onnxruntime(bad, out)
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx"]
+
+
+def test_other_back_ends_refuse_the_targeted_file_in_one_line(files: dict, tmp_path: Path) -> None:
+    pytest.importorskip("openvino")
+    from export.openvino import convert_openvino
+    from export.precision import PrecisionOptions, write_precision_onnx
+    from export.tensorrt import TensorRTBuildOptions, plan_build
+
+    calls = [
+        lambda: convert_openvino(files["targeted"], tmp_path / "x.xml"),
+        lambda: write_precision_onnx(files["targeted"], tmp_path / "x_fp16.onnx", PrecisionOptions(precision="fp16")),
+        lambda: plan_build(files["targeted"], TensorRTBuildOptions()),
+    ]
+    for call in calls:
+        with pytest.raises(ExportError) as info:
+            call()
+        message = str(info.value)
+        assert "onnxruntime-only file" in message and "portable ONNX" in message and "\n" not in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_every_target_names_its_passes() -> None:
+    assert ONNX_PASSES["portable"] == ()
+    assert [p.name for p in ONNX_PASSES["onnxruntime"]] == list(EXPECTED_PASSES)
+
+
+def test_ort_command_writes_verifies_and_reports(files: dict, tmp_path: Path) -> None:
+    out = tmp_path / "cli_ort.onnx"
+    result = CliRunner().invoke(app, ["ort", str(files["portable"]), "-o", str(out), "--json", "-"])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["verification"]["passed"] is True
+    assert report["export"]["passes"]["counts"] == EXPECTED_PASSES
+    assert report["export"]["metadata"]["target"] == "onnxruntime"
+    again = CliRunner().invoke(app, ["ort", str(out), "-o", str(tmp_path / "x.onnx")])
+    assert again.exit_code == 1 and "already onnxruntime-targeted" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
+
+
+def test_onnx_command_target_option(tmp_path: Path) -> None:
+    out = tmp_path / "t.onnx"
+    result = CliRunner().invoke(app, ["onnx", "--model", "glnet_tiny", "--input-size", "64", "--target",
+                                      "onnxruntime", "-o", str(out)])
+    assert result.exit_code == 0, result.stderr
+    assert "onnxruntime only" in result.stdout and "PASSED" in result.stdout
+    bad = CliRunner().invoke(app, ["onnx", "--model", "glnet_tiny", "--target", "tensorrt", "-o",
+                                   str(tmp_path / "u.onnx")])
+    assert bad.exit_code != 0 and "--target must be one of portable, onnxruntime" in bad.stderr
+    assert not (tmp_path / "u.onnx").exists()
