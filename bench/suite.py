@@ -34,8 +34,11 @@ from .timing import make_inputs
 # name -> (artifact kind, precision asked of the runtime, description)
 FORMATS: dict[str, tuple[str, str | None, str]] = {
     "pytorch": ("pytorch", None, "PyTorch eager (the reference)"),
-    "onnxruntime": ("onnx", None, "ONNX in onnxruntime"),
-    "openvino-fp32": ("ov-fp32", "fp32", "OpenVINO IR fp32, f32 compute pinned"),
+    "onnxruntime": ("onnx", None, "portable ONNX in onnxruntime"),
+    "onnxruntime-target": ("ort", None, "onnxruntime-targeted ONNX (`--target onnxruntime`: contrib Attention, "
+                           "fused LayerNorms, folded residual convolutions)"),
+    "openvino-fp32": ("ov-f32", None, "OpenVINO IR fp32 built for f32 compute (`--compute f32`: residual "
+                      "convolutions folded), run in f32 as the file asks"),
     "openvino-auto": ("ov-fp32", None, "OpenVINO IR fp32, the device's own precision (bf16 where the CPU has it)"),
     "openvino-fp16": ("ov-fp16", None, "OpenVINO IR with fp16 weights, the device's own precision"),
     "openvino-int8": ("ov-int8", None, "OpenVINO IR int8 (NNCF), the device's own precision for the rest"),
@@ -121,10 +124,17 @@ def _make(kind: str, source: dict[str, Path], work: Path, name: str, model: GLNe
         return export_onnx(model, work / f"{name}.onnx", onnx_options, checkpoint_sha256=sha256).path
     if "onnx" not in source:
         raise OptionError("needs the ONNX export, which failed")
+    if kind == "ort":
+        from export.onnxruntime import convert_onnxruntime
+
+        return convert_onnxruntime(source["onnx"], work / f"{name}_ort.onnx").path
     if kind.startswith("ov-"):
         from export.openvino import OpenVinoOptions, convert_openvino
 
-        ov_options = OpenVinoOptions(precision=kind[3:], calib_dir=calib, calib_count=options.calib_count)
+        # "ov-f32": fp32 weights, built for f32 compute; "ov-fp16" etc.: for the device's choice.
+        precision, compute = ("fp32", "f32") if kind == "ov-f32" else (kind[3:], "auto")
+        ov_options = OpenVinoOptions(precision=precision, calib_dir=calib, calib_count=options.calib_count,
+                                     compute=compute)
         return convert_openvino(source["onnx"], work / f"{name}_{kind[3:]}.xml", ov_options).xml
     from export.tensorrt import TensorRTBuildOptions, build_engine
     from runtimes.tensorrt import require_tensorrt

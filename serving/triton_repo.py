@@ -57,6 +57,10 @@ class TritonOptions:
     instances: int = 1
     kind: str | None = None  # auto | gpu | cpu; default per back-end (DEFAULT_KIND)
     overwrite: bool = False  # replace an existing REPO/NAME
+    # A portable ONNX goes in as its onnxruntime-targeted form (export.onnxruntime): what
+    # Triton's onnxruntime back-end runs is then the fast file. False keeps it portable
+    # (for the back-end's TensorRT or OpenVINO execution accelerators, which take no contrib ops).
+    onnxruntime_target: bool = True
 
     def validate(self) -> None:
         if self.version < 1:
@@ -182,7 +186,22 @@ def write_triton_repo(artifact: str | Path, repo: str | Path, options: TritonOpt
         meta = ArtifactMetadata.from_props(props)
     except MetadataError as exc:
         raise TritonRepoError(f"{artifact}: {exc}") from None
-    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="glnet-triton-") as tmp:
+        notes: list[str] = []
+        if runtime == "onnxruntime_onnx" and options.onnxruntime_target and meta.runtime_only is None:
+            from export.onnxruntime import convert_onnxruntime
+
+            converted = convert_onnxruntime(artifact, Path(tmp) / "model.onnx")
+            notes.append(f"model.onnx is the onnxruntime-targeted form of {artifact.name} "
+                         f"({converted.passes.describe()}); --portable keeps the file as it is")
+            artifact, meta = converted.path, converted.metadata
+        return _write_entry(artifact, target, name, runtime, field_name, files, inputs, outputs, meta, mc, options,
+                            notes)
+
+
+def _write_entry(artifact: Path, target: Path, name: str, runtime: str, field_name: str, files: tuple[str, ...],
+                 inputs: list[tuple[str, str, Dims]], outputs: list[tuple[str, str, Dims]], meta: ArtifactMetadata,
+                 mc: Any, options: TritonOptions, notes: list[str]) -> TritonRepoResult:
 
     batch_dim = inputs[0][2][0] if inputs[0][2] else 1
     batched = not isinstance(batch_dim, int) or batch_dim <= 0

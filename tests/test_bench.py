@@ -289,16 +289,18 @@ def test_cli_bench_ctrl_c_prints_what_was_measured(tmp_path: Path, monkeypatch: 
 
 
 def test_benchmark_end_to_end(tmp_path: Path) -> None:
-    formats = "pytorch,onnxruntime,openvino-fp32,openvino-int8,tensorrt-fp32"
+    formats = "pytorch,onnxruntime,onnxruntime-target,openvino-fp32,openvino-int8,tensorrt-fp32"
     result = CliRunner().invoke(app, ["benchmark", "--model", TINY, "--input-size", "64", "--iters", "1",
                                       "--threads", "2", "--formats", formats, "--json", str(tmp_path / "b.json")])
     data = load_report(tmp_path / "b.json")
     rows = {r["format"]: r for r in data["extra"]["formats"]}
     assert list(rows) == formats.split(",") and data["kind"] == "benchmark"
     assert rows["pytorch"]["status"] == "ok" and rows["pytorch"]["p50_ms"] > 0
-    onnx = rows["onnxruntime"]
-    assert onnx["status"] == "ok" and onnx["top1"] == 1.0 and onnx["max_rel"] < 1e-4 and onnx["size_bytes"] > 0
-    assert onnx["photo_samples"] > 0 and onnx["p50_ms"] > 0 and onnx["throughput"] > 0
+    for fmt in ("onnxruntime", "onnxruntime-target"):
+        onnx = rows[fmt]
+        assert onnx["status"] == "ok" and onnx["top1"] == 1.0 and onnx["max_rel"] < 1e-4 and onnx["size_bytes"] > 0
+        assert onnx["photo_samples"] > 0 and onnx["p50_ms"] > 0 and onnx["throughput"] > 0
+    assert rows["onnxruntime-target"]["path"].endswith("_ort.onnx")
     for fmt in ("openvino-fp32", "openvino-int8"):  # OpenVINO and NNCF come with the dev extras: they must run
         assert rows[fmt]["status"] == "ok", rows[fmt]
         assert rows[fmt]["precision"] == fmt.split("-")[1] and rows[fmt]["top1"] is not None, rows[fmt]

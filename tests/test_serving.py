@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -194,12 +195,26 @@ def test_triton_repo_for_a_dynamic_onnx(dynamic_onnx: Path, tmp_path: Path) -> N
     assert config.dynamic_batching.max_queue_delay_microseconds == 100
     group = config.instance_group[0]
     assert (group.count, group.kind) == (2, mc.ModelInstanceGroup.KIND_AUTO)
-    assert (model_dir / "1" / "model.onnx").read_bytes() == dynamic_onnx.read_bytes()
+    # What Triton's onnxruntime back-end loads is the onnxruntime-targeted file, and it runs.
+    shipped = model_dir / "1" / "model.onnx"
+    import onnxruntime as ort  # noqa: PLC0415
+
+    session = ort.InferenceSession(str(shipped), providers=["CPUExecutionProvider"])
+    shipped_meta = ArtifactMetadata.from_props(session.get_modelmeta().custom_metadata_map)
+    assert shipped_meta.target == "onnxruntime" and shipped_meta.contrib_ops == ("com.microsoft.Attention",)
+    x = np.random.default_rng(0).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
+    want = ort.InferenceSession(str(dynamic_onnx), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    np.testing.assert_allclose(session.run(None, {"input": x})[0], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    assert "onnxruntime-targeted form" in result.stderr
     labels = (model_dir / "labels.txt").read_text().splitlines()
     assert labels == list(imagenet1k_labels())
     meta = ArtifactMetadata.from_props(json.loads((model_dir / "glnet_export.json").read_text()))
-    assert meta.model == "glnet_tiny" and meta.input_size == (SIZE, SIZE)
+    assert meta.model == "glnet_tiny" and meta.input_size == (SIZE, SIZE) and meta.target == "onnxruntime"
     assert [p.name for p in (tmp_path / "repo").iterdir()] == ["glnet_tiny"]  # no staging folder left
+    portable = CliRunner().invoke(app, ["triton", str(dynamic_onnx), "--repo", str(tmp_path / "repo"), "--name",
+                                        "portable", "--portable"])
+    assert portable.exit_code == 0, portable.output
+    assert (tmp_path / "repo" / "portable" / "1" / "model.onnx").read_bytes() == dynamic_onnx.read_bytes()
 
 
 @needs_triton

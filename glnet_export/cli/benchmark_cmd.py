@@ -50,8 +50,9 @@ def benchmark(
     input_size: Annotated[str, typer.Option("--input-size", help="N or HxW.")] = "224",
     batch: Annotated[int, typer.Option(help="Batch size timed.")] = 1,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: the runtimes').")] = None,
-    formats: Annotated[str | None, typer.Option(help="Comma-separated subset of: pytorch, onnxruntime, openvino-fp32,"
-                                                " openvino-auto, openvino-fp16, openvino-int8, tensorrt-fp32, "
+    formats: Annotated[str | None, typer.Option(help="Comma-separated subset of: pytorch, onnxruntime, "
+                                                "onnxruntime-target, openvino-fp32, openvino-auto, openvino-fp16, "
+                                                "openvino-int8, tensorrt-fp32, "
                                                 "tensorrt-fp16, tensorrt-int8 (default: all).")] = None,
     calib: Annotated[Path | None, typer.Option("--calib", help="int8 calibration images (default: the sample "
                                                "photographs, too few for a real deployment).")] = None,

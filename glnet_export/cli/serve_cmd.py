@@ -106,6 +106,9 @@ def triton(
     kind: Annotated[str | None, typer.Option(help="auto | gpu | cpu (default: TensorRT gpu, OpenVINO cpu, "
                                              "ONNX auto).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing model folder.")] = False,
+    portable: Annotated[bool, typer.Option("--portable", help="ONNX: put the file in as it is, not its "
+                                           "onnxruntime-targeted form (for TensorRT / OpenVINO accelerators "
+                                           "inside Triton's onnxruntime back-end).")] = False,
     json_path: Annotated[Path | None, typer.Option("--json", callback=checked_output,
                                                    help="Write the result as JSON ('-': stdout).")] = None,
 ) -> None:
@@ -119,7 +122,7 @@ def triton(
         raise OptionError(f"--preferred {preferred!r} is not a list of sizes like 4,8") from None
     result = write_triton_repo(artifact, repo, TritonOptions(
         name=name, version=version, max_batch=max_batch, preferred_batch=sizes, queue_delay_us=queue_delay_us,
-        instances=instances, kind=kind, overwrite=overwrite))
+        instances=instances, kind=kind, overwrite=overwrite, onnxruntime_target=not portable))
     write_json(result, json_path)
     if json_path is not None and str(json_path) == "-":
         return
