@@ -34,6 +34,7 @@ from bench.runner import ArtifactBench, BenchResult, artifact_files, artifact_sh
 from bench.sysinfo import OtherLoad, busy_cpus, collect_device_info
 from bench.timing import make_inputs
 from export.onnx import OnnxExportOptions, export_onnx
+from export.onnxruntime import convert_onnxruntime
 from export.openvino import OpenVinoOptions, convert_openvino
 from glnet.testing import perturb_weights_
 from glnet_export.metadata import ArtifactMetadata
@@ -67,22 +68,27 @@ def say(msg: str) -> None:
 
 
 def build(model: glnet.GLNet, work: Path, crops: int) -> dict[str, Path]:
-    """The artifacts: a dynamic-batch ONNX at 224 and its IRs (fp32, int8), a dynamic-shape ONNX and its IR."""
+    """The files as shipped: a dynamic-batch ONNX at 224 (portable and onnxruntime-targeted)
+    and its IRs (fp32 built for f32 compute, fp32 for the device's choice, int8), a
+    dynamic-shape ONNX (onnxruntime-targeted) and its IR built for f32."""
     paths = {"onnx": work / "batch.onnx", "onnx_shape": work / "shape.onnx"}
     for key, dynamic in (("onnx", "batch"), ("onnx_shape", "shape")):
         start = time.perf_counter()
         export_onnx(model, paths[key], OnnxExportOptions(dynamic=dynamic))
         say(f"exported {paths[key].name} (dynamic {dynamic}) in {time.perf_counter() - start:.0f} s")
+    paths["ort"] = convert_onnxruntime(paths["onnx"], work / "batch_ort.onnx").path
+    paths["ort_shape"] = convert_onnxruntime(paths["onnx_shape"], work / "shape_ort.onnx").path
     calib = work / "calib"
     calib.mkdir()
     for i, img in enumerate(photo_crops(seed=1, crops=crops, whole=False)):
         img.save(calib / f"{i:03d}.png")
-    for key, src, precision in (("ov_fp32", "onnx", "fp32"), ("ov_shape", "onnx_shape", "fp32"),
-                                ("ov_int8", "onnx", "int8")):
+    irs = (("ov_f32", "onnx", "fp32", "f32"), ("ov_fp32", "onnx", "fp32", "auto"),
+           ("ov_shape", "onnx_shape", "fp32", "f32"), ("ov_int8", "onnx", "int8", "auto"))
+    for key, src, precision, compute in irs:
         start = time.perf_counter()
         paths[key] = work / f"{key}.xml"
-        convert_openvino(paths[src], paths[key], OpenVinoOptions(precision=precision, calib_dir=calib))
-        say(f"converted {paths[key].name} ({precision}) in {time.perf_counter() - start:.0f} s")
+        convert_openvino(paths[src], paths[key], OpenVinoOptions(precision=precision, calib_dir=calib, compute=compute))
+        say(f"converted {paths[key].name} ({precision}, compute {compute}) in {time.perf_counter() - start:.0f} s")
     return paths
 
 
@@ -144,23 +150,22 @@ def main() -> None:
         paths = build(model, Path(tmp), args.crops)
         runners: dict[str, tuple[Runner, Path | None]] = {
             "pytorch eager": (TorchRunner(model, threads=args.threads), None),
-            "onnxruntime": (runtimes.load(paths["onnx"], threads=args.threads), paths["onnx"]),
-            "onnxruntime (dynamic HxW)": (runtimes.load(paths["onnx_shape"], threads=args.threads),
-                                          paths["onnx_shape"]),
-            "openvino f32": (runtimes.load(paths["ov_fp32"], threads=args.threads, precision="fp32"),
-                             paths["ov_fp32"]),
+            "onnxruntime portable": (runtimes.load(paths["onnx"], threads=args.threads), paths["onnx"]),
+            "onnxruntime targeted": (runtimes.load(paths["ort"], threads=args.threads), paths["ort"]),
+            "onnxruntime targeted (dynamic HxW)": (runtimes.load(paths["ort_shape"], threads=args.threads),
+                                                   paths["ort_shape"]),
+            "openvino f32": (runtimes.load(paths["ov_f32"], threads=args.threads), paths["ov_f32"]),
             "openvino default": (runtimes.load(paths["ov_fp32"], threads=args.threads), paths["ov_fp32"]),
             # The same IRs compiled once with their dynamic batch, as the runner did before it
             # compiled per shape: what static shapes are worth.
-            "openvino f32, dynamic compile": (runtimes.load(paths["ov_fp32"], threads=args.threads, precision="fp32",
-                                                            static_shapes=False), paths["ov_fp32"]),
+            "openvino f32, dynamic compile": (runtimes.load(paths["ov_f32"], threads=args.threads,
+                                                            static_shapes=False), paths["ov_f32"]),
             "openvino default, dynamic compile": (runtimes.load(paths["ov_fp32"], threads=args.threads,
                                                                 static_shapes=False), paths["ov_fp32"]),
             "openvino int8": (runtimes.load(paths["ov_int8"], threads=args.threads), paths["ov_int8"]),
-            "openvino f32 (dynamic HxW)": (runtimes.load(paths["ov_shape"], threads=args.threads, precision="fp32"),
-                                           paths["ov_shape"]),
+            "openvino f32 (dynamic HxW)": (runtimes.load(paths["ov_shape"], threads=args.threads), paths["ov_shape"]),
         }
-        meta = runners["onnxruntime"][0].metadata or ArtifactMetadata(model=args.model, num_classes=1000)
+        meta = runners["onnxruntime portable"][0].metadata or ArtifactMetadata(model=args.model, num_classes=1000)
         samples = [preprocess(img, meta) for img in photo_crops(seed=2, crops=args.crops)]
         say(f"top-1 agreement with PyTorch fp32 on {len(samples)} photographs and crops")
         reference = np.concatenate([runners["pytorch eager"][0].infer(x) for x in samples])
@@ -172,7 +177,7 @@ def main() -> None:
         with OtherLoad() as during_224:
             stats = interleave({n: r.infer for n, (r, _) in runners.items()}, make_inputs((1, 3, 224, 224)),
                                args.rounds, blocks=blocks)
-        dynamic = ["pytorch eager", "onnxruntime (dynamic HxW)", "openvino f32 (dynamic HxW)"]
+        dynamic = ["pytorch eager", "onnxruntime targeted (dynamic HxW)", "openvino f32 (dynamic HxW)"]
         busy["448, before"] = quiet_moment(args.wait_idle)
         say(f"timing {len(dynamic)} candidates at 224 and 448, {args.rounds} rounds")
         big = {f"{n} @{s}": runners[n][0].infer for n in dynamic for s in (224, 448)}
