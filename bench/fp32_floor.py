@@ -28,6 +28,7 @@ from bench.pools import compile_openvino
 from bench.runner import interleave, paired_ratio
 from bench.timing import make_inputs
 from export.onnx import OnnxExportOptions, export_onnx
+from export.openvino import OpenVinoOptions, convert_openvino
 from glnet.complexity import count_complexity
 from glnet.testing import perturb_weights_
 from runtimes.torch import TorchRunner
@@ -64,7 +65,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{args.model}.onnx"
         export_onnx(model, path, OnnxExportOptions(dynamic="batch"))
-        compiled = compile_openvino(path, threads=args.threads, precision="fp32", shape=shape,
+        # The IR as shipped for f32 compute (its residual convolutions folded in the file).
+        xml = convert_openvino(path, Path(tmp) / f"{args.model}_f32.xml", OpenVinoOptions(compute="f32")).xml
+        compiled = compile_openvino(xml, threads=args.threads, precision="fp32", shape=shape,
                                     PERFORMANCE_HINT="LATENCY", PERF_COUNT="YES")
     request = compiled.create_infer_request()
     eager = TorchRunner(model, threads=args.threads)
