@@ -2,8 +2,8 @@
 
     python -m bench.artifact_speed [--model glnet_4g] [--threads 2] [--rounds 12] [--json F] [--wait-idle S]
 
-Writes the files a user would ship (the portable ONNX, the onnxruntime-targeted ONNX, an
-OpenVINO IR built for f32 and one for the device's own precision), then times in one
+Writes the files a user would ship (the portable ONNX, the onnxruntime-targeted ONNX and
+its .ort form, an OpenVINO IR built for f32 and one for the device's own precision), then times in one
 process, in alternating blocks (`bench.runner.interleave`), batch 1 at 224:
 
 - each file through the bare runtime API, as an app would write it, with no code of ours:
@@ -75,14 +75,15 @@ def bare_openvino(xml: Path, threads: int, shape: tuple[int, ...], hint: str | N
 
 
 def build(model: glnet.GLNet, work: Path) -> dict[str, Path]:
-    paths = {"portable": work / "portable.onnx", "ort": work / "portable_ort.onnx",
+    paths = {"portable": work / "portable.onnx", "ort": work / "portable_ort.onnx", "ort_format": work / "model.ort",
              "ov_f32": work / "f32.xml", "ov_auto": work / "auto.xml"}
     start = time.perf_counter()
     export_onnx(model, paths["portable"], OnnxExportOptions(dynamic="batch"))
     convert_onnxruntime(paths["portable"], paths["ort"])
+    convert_onnxruntime(paths["portable"], paths["ort_format"], fmt="ort")
     convert_openvino(paths["portable"], paths["ov_f32"], OpenVinoOptions(compute="f32"))
     convert_openvino(paths["portable"], paths["ov_auto"], OpenVinoOptions())
-    say(f"wrote the four files in {time.perf_counter() - start:.0f} s")
+    say(f"wrote the five files in {time.perf_counter() - start:.0f} s")
     return paths
 
 
@@ -114,6 +115,8 @@ def main() -> None:
             "onnxruntime portable, runner": runners["portable"].infer,
             "onnxruntime targeted, bare": bare_onnxruntime(paths["ort"], args.threads),
             "onnxruntime targeted, runner": runners["ort"].infer,
+            "onnxruntime .ort format, bare": bare_onnxruntime(paths["ort_format"], args.threads),
+            "onnxruntime .ort format, runner": runners["ort_format"].infer,
             "openvino f32 IR, bare": bare_openvino(paths["ov_f32"], args.threads, shape, "f32"),
             "openvino f32 IR, runner": runners["ov_f32"].infer,
             "openvino auto IR, bare": bare_openvino(paths["ov_auto"], args.threads, shape, None),
@@ -136,7 +139,8 @@ def main() -> None:
     rows = {n: {"p50_ms": s.p50, "min_ms": s.min, "vs_eager": paired_ratio(blocks, n, eager_name)}
             for n, s in stats.items()}
     pairs = {f: paired_ratio(blocks, f"{f}, bare", f"{f}, runner")
-             for f in ("onnxruntime portable", "onnxruntime targeted", "openvino f32 IR", "openvino auto IR")}
+             for f in ("onnxruntime portable", "onnxruntime targeted", "onnxruntime .ort format", "openvino f32 IR",
+                       "openvino auto IR")}
     print(f"\n{'candidate':32s} {'p50 ms':>8s} {'min ms':>8s} {'/ eager':>8s}")
     for n, row in rows.items():
         print(f"{n:32s} {row['p50_ms']:8.1f} {row['min_ms']:8.1f} {row['vs_eager']:8.3f}")

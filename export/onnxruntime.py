@@ -80,20 +80,54 @@ def target_proto(proto: onnx.ModelProto, meta: ArtifactMetadata) -> tuple[Artifa
     return meta, report
 
 
-def default_output(source: Path) -> Path:
-    """glnet_4g.onnx -> glnet_4g_ort.onnx (still .onnx: every tool knows the suffix)."""
-    return source.with_name(f"{source.stem}_ort.onnx")
+FORMATS = ("onnx", "ort")
+
+
+def default_output(source: Path, fmt: str = "onnx") -> Path:
+    """glnet_4g.onnx -> glnet_4g_ort.onnx (still .onnx: every tool knows the suffix), or glnet_4g.ort."""
+    return source.with_name(f"{source.stem}_ort.onnx" if fmt == "onnx" else f"{source.stem}.ort")
+
+
+def save_ort_format(proto: onnx.ModelProto, output: Path) -> None:
+    """onnxruntime's own flatbuffer format (what its mobile and minimal builds load), atomically.
+
+    Saved by onnxruntime itself from a session at ORT_ENABLE_EXTENDED: the highest level
+    whose result holds on any CPU (ENABLE_ALL would bake in this CPU's NCHWc blocking;
+    onnxruntime warns that such a file belongs to the machine that wrote it). The session
+    that loads it applies the layout optimizations for its own CPU.
+    """
+    import tempfile
+
+    import onnxruntime as ort
+
+    from glnet_export.atomic import atomic_outputs
+
+    with tempfile.TemporaryDirectory(prefix="glnet-ort-") as tmp, atomic_outputs(output) as (temp,):
+        staged = Path(tmp) / "model.onnx"
+        onnx.save_model(proto, staged)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        opts.optimized_model_filepath = str(temp)
+        opts.add_session_config_entry("session.save_model_format", "ORT")
+        try:
+            ort.InferenceSession(str(staged), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ExportError(f"onnxruntime could not save the .ort file: {one_line(exc)}") from exc
 
 
 def convert_onnxruntime(source: str | Path, output: str | Path | None = None,
-                        progress: Progress | None = None) -> OnnxRuntimeTargetResult:
-    """Write the onnxruntime-targeted form of the portable file `source` to `output`."""
+                        progress: Progress | None = None, fmt: str = "onnx") -> OnnxRuntimeTargetResult:
+    """Write the onnxruntime-targeted form of the portable file `source` to `output`.
+
+    `fmt` "onnx" writes ONNX (any onnxruntime build), "ort" onnxruntime's .ort format."""
     from .onnx import save_onnx
 
+    if fmt not in FORMATS:
+        raise OptionError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     source = Path(source)
-    output = Path(output) if output is not None else default_output(source)
-    if output.suffix.lower() != ".onnx":
-        raise OptionError(f"{output}: the onnxruntime-targeted file is ONNX; its name must end in .onnx")
+    output = Path(output) if output is not None else default_output(source, fmt)
+    if output.suffix.lower() != f".{fmt}":
+        raise OptionError(f"{output}: the onnxruntime-targeted file in {fmt} format must end in .{fmt}")
     if output.resolve() == source.resolve():
         raise OptionError(f"{output}: would overwrite the portable source; choose another -o")
     check_writable(output)
@@ -110,7 +144,10 @@ def convert_onnxruntime(source: str | Path, output: str | Path | None = None,
     if report.counts.get("attention", 0) == 0:
         notes.append("no attention matched the fusion (graph layout changed?); the file is only slightly faster")
     say(f"writing {output}")
-    save_onnx(proto, output)
+    if fmt == "onnx":
+        save_onnx(proto, output)
+    else:
+        save_ort_format(proto, output)
     return OnnxRuntimeTargetResult(
         path=output, source=source, metadata=meta, passes=report, nodes_before=nodes_before,
         nodes_after=len(proto.graph.node), size_bytes=output.stat().st_size, seconds=time.perf_counter() - start,

@@ -16,7 +16,8 @@ from .base import BackendUnavailableError, Runner, RuntimeInputError, TensorSpec
 if TYPE_CHECKING:
     from .predictor import Predictor
 
-SUFFIXES = {".onnx": "onnxruntime", ".xml": "openvino", ".engine": "tensorrt", ".plan": "tensorrt"}
+SUFFIXES = {".onnx": "onnxruntime", ".ort": "onnxruntime", ".xml": "openvino", ".engine": "tensorrt",
+            ".plan": "tensorrt"}
 
 
 def load(path: str | Path, device: str = "cpu", threads: int | None = None, precision: str | None = None,

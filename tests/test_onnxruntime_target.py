@@ -166,3 +166,20 @@ def test_onnx_command_target_option(tmp_path: Path) -> None:
                                    str(tmp_path / "u.onnx")])
     assert bad.exit_code != 0 and "--target must be one of portable, onnxruntime" in bad.stderr
     assert not (tmp_path / "u.onnx").exists()
+
+
+def test_ort_format_file_runs_in_a_bare_session_and_keeps_the_metadata(files: dict, tmp_path: Path) -> None:
+    result = convert_onnxruntime(files["portable"], tmp_path / "tiny.ort", fmt="ort")
+    assert result.path.suffix == ".ort" and result.passes.counts == EXPECTED_PASSES
+    assert result.path.read_bytes()[4:8] == b"ORTM", "onnxruntime's flatbuffer format, not ONNX protobuf"
+    session = _bare_session(result.path)
+    meta = ArtifactMetadata.from_props(session.get_modelmeta().custom_metadata_map)
+    assert meta.target == "onnxruntime" and meta.graph_passes == EXPECTED_PASSES
+    for batch, h, w in ((1, 96, 96), (2, 97, 131)):
+        x = _photo_batch(batch, (h, w))
+        with torch.inference_mode():
+            want = files["model"](torch.from_numpy(x)).numpy()
+        got = session.run(None, {"input": x})[0]
+        assert float(np.abs(got - want).max() / np.abs(want).max()) < 1e-4
+    with pytest.raises(OptionError, match="must end in .ort"):
+        convert_onnxruntime(files["portable"], tmp_path / "x.onnx", fmt="ort")

@@ -17,8 +17,10 @@ from .render import verification_table
 @handle_errors
 def ort(
     source: Annotated[Path, typer.Argument(help="A portable ONNX file written by `glnet-export onnx`.")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output file (default: SOURCE_ort.onnx).")
-                      ] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output file (default: SOURCE_ort.onnx, "
+                                                "or SOURCE.ort).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="onnx (any onnxruntime build) | ort (onnxruntime's own "
+                                     "format, for its mobile and minimal builds).")] = "onnx",
     verify: Annotated[bool, typer.Option(help="Run the written file against the source in onnxruntime.")] = True,
     threads: Annotated[int | None, typer.Option(help="CPU threads for verification.")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", callback=checked_output,
@@ -32,7 +34,7 @@ def ort(
     vopts = VerifyOptions(threads=threads)
     vopts.validate()
     with err.status("rewriting") as status:
-        result = convert_onnxruntime(source, output, progress=status.update)
+        result = convert_onnxruntime(source, output, progress=status.update, fmt=fmt)
         report = verify_artifact(result.path, result.source, vopts, progress=status.update) if verify else None
 
     write_json({"export": result, "verification": report}, json_path)
