@@ -1,0 +1,316 @@
+"""glnet-export ONNX -> int8 ONNX (QuantizeLinear/DequantizeLinear) for onnxruntime's CPU kernels.
+
+Static post-training quantization with onnxruntime's own tooling (`quantize_static`, QDQ
+format) on calibration images. GLMix's soft clustering stays in float, for the reason
+`export.openvino_int8` gives: the slots and pixels are L2-normalised unit vectors whose
+cosine "logits" are multiplied by a learned temperature and go through two softmaxes, so
+8-bit steps of ~1/127 on the unit vectors, times the temperature, shift every softmax.
+Those nodes are found by graph structure (ReduceL2 -> Clip -> Div, the MatMul of two such
+outputs, the Softmaxes fed by it and the MatMuls fed by those), never by name.
+
+Unlike `export.precision`'s int8 file (symmetric int8, the form TensorRT wants), this file
+is tuned for onnxruntime on a CPU; the measurements behind each choice are at SETTINGS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from glnet_export.calibration import CalibrationSet, load_calibration
+from glnet_export.errors import ExportError, GlnetExportError, one_line
+from glnet_export.metadata import ArtifactMetadata, MetadataError
+from glnet_export.onnx_file import read_onnx
+from runtimes.layer_norm import fuse_channel_layer_norms
+
+from .atomic import atomic_outputs, check_writable
+
+Progress = Callable[[str], None]
+# Nodes between an L2 normalisation and the logits MatMul: shape plumbing and the temperature.
+_PASS_THROUGH = frozenset({"Mul", "Transpose", "Reshape", "Unsqueeze", "Squeeze", "Expand", "Cast"})
+_SEARCH_DEPTH = 6
+
+
+@dataclass(frozen=True)
+class Int8Settings:
+    """How `quantize_static` is called. The defaults are the measured choice (README of this module)."""
+
+    preprocess: bool = False  # quant_pre_process first
+    fuse_layer_norms: bool = True  # spelled-out channel LayerNorms -> LayerNormalization first
+    fold_residual_convs: bool = False  # h + DWConv(h) -> DWConv' first (runtimes.residual_fold)
+    op_types: tuple[str, ...] | None = ("Conv", "MatMul", "Gemm")  # None: all onnxruntime can quantize
+    per_channel: bool = True
+    activation_type: str = "uint8"  # or "int8"
+    activation_symmetric: bool = False
+    calibrate_method: str = "minmax"  # or "entropy", "percentile"
+    extra_options: tuple[tuple[str, object], ...] = ()
+
+
+SETTINGS = Int8Settings()
+
+
+@dataclass
+class SensitiveNodes:
+    """Nodes of one graph that int8 leaves in float, by role (node names)."""
+
+    l2_norms: list[str] = field(default_factory=list)  # ReduceL2 (or Sqrt of a sum of squares) -> Clip/Max -> Div
+    logits_matmuls: list[str] = field(default_factory=list)
+    temperatures: list[str] = field(default_factory=list)  # the Mul by slot_scale before the logits MatMul
+    softmaxes: list[str] = field(default_factory=list)
+    softmax_matmuls: list[str] = field(default_factory=list)
+
+    @property
+    def names(self) -> list[str]:
+        return list(dict.fromkeys(self.l2_norms + self.temperatures + self.logits_matmuls + self.softmaxes
+                                  + self.softmax_matmuls))
+
+    def describe(self) -> str:
+        return (f"{len(self.logits_matmuls)} logits MatMul, {len(self.temperatures)} temperature Mul, "
+                f"{len(self.softmaxes)} slot Softmax, {len(self.softmax_matmuls)} softmax MatMul, "
+                f"{len(self.l2_norms) // 3} L2 normalisations")
+
+
+@dataclass
+class OrtInt8Result:
+    path: Path
+    source: Path
+    qdq_nodes: int  # QuantizeLinear + DequantizeLinear
+    quantized_ops: dict[str, int]  # op type -> nodes that take a DequantizeLinear output
+    kept_float: SensitiveNodes
+    calibration_images: int
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
+def _graph_maps(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto], dict[str, list[onnx.NodeProto]]]:
+    producer = {out: node for node in graph.node for out in node.output}
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    return producer, users
+
+
+def _norm_nodes(node: onnx.NodeProto, producer: dict[str, onnx.NodeProto]) -> list[onnx.NodeProto] | None:
+    """The nodes computing ||x||: ReduceL2, or Sqrt(ReduceSum(Pow|Mul(x))) / Sqrt(ReduceSumSquare(x))."""
+    if node.op_type == "ReduceL2":
+        return [node]
+    if node.op_type != "Sqrt" or node.input[0] not in producer:
+        return None
+    total = producer[node.input[0]]
+    if total.op_type == "ReduceSumSquare":
+        return [total, node]
+    square = producer.get(total.input[0]) if total.op_type == "ReduceSum" else None
+    if square is not None and square.op_type in ("Pow", "Mul"):
+        return [square, total, node]
+    return None
+
+
+def find_sensitive_nodes(model: onnx.ModelProto) -> SensitiveNodes:
+    """The GLMix clustering nodes of `model`, found by structure."""
+    graph = model.graph
+    producer, users = _graph_maps(graph)
+    found = SensitiveNodes()
+    divides: set[str] = set()  # outputs of the normalising Divs
+    for node in graph.node:
+        norm = _norm_nodes(node, producer)
+        if norm is None:
+            continue
+        for clamp in users.get(node.output[0], []):
+            if clamp.op_type not in ("Clip", "Max"):
+                continue
+            for div in users.get(clamp.output[0], []):
+                if div.op_type == "Div" and div.input[1] == clamp.output[0]:
+                    found.l2_norms += [n.name for n in norm] + [clamp.name, div.name]
+                    divides.add(div.output[0])
+
+    def walk(name: str, depth: int, seen: list[onnx.NodeProto]) -> list[onnx.NodeProto] | None:
+        """The pass-through nodes from a normalised tensor to `name`, or None if it is not one."""
+        if name in divides:
+            return seen
+        up = producer.get(name)
+        if up is None or depth == 0 or up.op_type not in _PASS_THROUGH:
+            return None
+        for i in up.input:
+            path = walk(i, depth - 1, [*seen, up])
+            if path is not None:
+                return path
+        return None
+
+    for node in graph.node:
+        if node.op_type != "MatMul":
+            continue
+        paths = [walk(i, _SEARCH_DEPTH, []) for i in node.input]
+        if any(p is None for p in paths):
+            continue
+        found.logits_matmuls.append(node.name)
+        found.temperatures += [n.name for p in paths if p for n in p if n.op_type == "Mul"]
+        for soft in users.get(node.output[0], []):
+            if soft.op_type != "Softmax":
+                continue
+            found.softmaxes.append(soft.name)
+            after = list(users.get(soft.output[0], []))  # directly, or through a Transpose/Reshape
+            after += [u for a in after if a.op_type in ("Transpose", "Reshape") for u in users.get(a.output[0], [])]
+            found.softmax_matmuls += [u.name for u in after if u.op_type == "MatMul"]
+    return found
+
+
+class _SampleReader:
+    """onnxruntime CalibrationDataReader over 1 x 3 x H x W samples, `batch` at a time."""
+
+    def __init__(self, samples: Sequence[np.ndarray], input_name: str, batch: int) -> None:
+        self._batches: Iterator[dict[str, np.ndarray]] = (
+            {input_name: np.concatenate(samples[i : i + batch])} for i in range(0, len(samples) - batch + 1, batch)
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """quantize_static logs and warns on the root logger and prints progress; we report our own."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            yield
+        finally:
+            root.setLevel(level)
+
+
+def quantize_model(model: onnx.ModelProto, output: Path, samples: Sequence[np.ndarray], exclude: Sequence[str],
+                   settings: Int8Settings = SETTINGS) -> None:
+    """Run onnxruntime's static QDQ quantization of `model` into `output` (no metadata handling)."""
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
+    from onnxruntime.quantization import quantize_static
+
+    graph_inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    batch = graph_inputs[0].type.tensor_type.shape.dim[0].dim_value or 1
+    if len(samples) < batch:
+        raise ExportError(f"the input has a fixed batch of {batch}: give at least {batch} calibration images")
+    reader = _SampleReader(samples, graph_inputs[0].name, batch)
+    CalibrationDataReader.register(_SampleReader)  # a virtual subclass: quantize_static checks isinstance
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    act = QuantType.QUInt8 if settings.activation_type == "uint8" else QuantType.QInt8
+    extra = {"ActivationSymmetric": settings.activation_symmetric, "WeightSymmetric": True,
+             **dict(settings.extra_options)}
+    with _quiet():
+        quantize_static(
+            model, output, reader, quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(settings.op_types) if settings.op_types else None,
+            per_channel=settings.per_channel, activation_type=act, weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(exclude), calibrate_method=methods[settings.calibrate_method],
+            extra_options=extra,
+        )
+
+
+def _preprocessed(model: onnx.ModelProto, folder: Path) -> onnx.ModelProto:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    source, target = folder / "in.onnx", folder / "pre.onnx"
+    onnx.save_model(model, source)
+    with _quiet():
+        quant_pre_process(str(source), str(target))
+    return onnx.load(str(target))
+
+
+def quantized_op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    """Op type -> nodes (other than Q/DQ) that read at least one DequantizeLinear output."""
+    dq = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    return dict(Counter(n.op_type for n in model.graph.node
+                        if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and dq & set(n.input)))
+
+
+def quantize_onnxruntime_int8(onnx_path: str | Path, output_path: str | Path, calib: CalibrationSet | str | Path,
+                              keep_float: bool = True, progress: Progress | None = None,
+                              settings: Int8Settings = SETTINGS) -> OrtInt8Result:
+    """Write the int8 (QDQ) form of the glnet-export ONNX file `onnx_path` to `output_path`.
+
+    `calib` is a loaded CalibrationSet or a folder of images (preprocessed as the file's
+    metadata says). With `keep_float`, GLMix's clustering nodes are excluded from
+    quantization. Every metadata property is kept, with `precision` set to "int8".
+    """
+    say = progress or (lambda _msg: None)
+    source, output = Path(onnx_path), Path(output_path)
+    start = time.perf_counter()
+    notes: list[str] = []
+    try:
+        check_writable(output)
+        model = read_onnx(source)
+    except GlnetExportError as exc:
+        raise ExportError(str(exc)) from None
+    props = {p.key: p.value for p in model.metadata_props}
+    try:
+        meta = ArtifactMetadata.from_props(props)
+    except MetadataError as exc:
+        raise ExportError(f"{source}: {exc}") from None
+    if meta.precision != "fp32":
+        raise ExportError(f"{source}: is already {meta.precision}; int8 starts from an fp32 file")
+    if not isinstance(calib, CalibrationSet):
+        try:
+            calib = load_calibration(calib, meta)
+        except GlnetExportError as exc:
+            raise ExportError(f"calibration: {exc}") from None
+    if not calib.samples:
+        raise ExportError(f"no usable calibration images in {calib.folder}")
+    if calib.skipped:
+        notes.append(f"{len(calib.skipped)} calibration files skipped (unreadable)")
+    for i, node in enumerate(model.graph.node):  # nodes_to_exclude works by name
+        node.name = node.name or f"unnamed_{node.op_type}_{i}"
+
+    if settings.fuse_layer_norms:
+        # The quantizer would otherwise see ~10 elementwise nodes per LayerNorm; fused, it
+        # is one node that onnxruntime runs ~4% faster (runtimes.layer_norm).
+        fused = fuse_channel_layer_norms(model)
+        if fused:
+            notes.append(f"{fused} spelled-out channel LayerNorms fused into LayerNormalization")
+    if settings.fold_residual_convs:
+        from runtimes.residual_fold import fold_residual_depthwise
+
+        notes.append(f"{fold_residual_depthwise(model)} residual depthwise convolutions folded")
+    with tempfile.TemporaryDirectory(prefix="glnet-int8-") as scratch:
+        if settings.preprocess:
+            say("preprocessing (onnxruntime quant_pre_process)")
+            try:
+                model = _preprocessed(model, Path(scratch))
+            except Exception as exc:  # noqa: BLE001 - optional step: the model is usable without it
+                notes.append(f"quant_pre_process failed, quantized without it: {one_line(exc)}")
+        sensitive = find_sensitive_nodes(model) if keep_float else SensitiveNodes()
+        if keep_float and not sensitive.logits_matmuls:
+            notes.append("no GLMix logits MatMul found: nothing is kept in float")
+        say(f"calibrating on {len(calib)} images and quantizing (keeping {sensitive.describe()} in float)")
+        with atomic_outputs(output) as (temp,):
+            try:
+                quantize_model(model, temp, calib.samples, sensitive.names, settings)
+                quantized = onnx.load(str(temp))
+            except ExportError:
+                raise
+            except Exception as exc:
+                raise ExportError(f"onnxruntime int8 quantization failed: {one_line(exc)}") from exc
+            del quantized.metadata_props[:]
+            for key, value in {**props, "precision": "int8"}.items():
+                quantized.metadata_props.add(key=key, value=value)
+            quantized.doc_string = (model.doc_string + " (int8 QDQ for onnxruntime)").strip()
+            say(f"writing {output}")
+            onnx.save_model(quantized, str(temp))
+    ops = Counter(n.op_type for n in quantized.graph.node)
+    return OrtInt8Result(
+        path=output, source=source, qdq_nodes=ops["QuantizeLinear"] + ops["DequantizeLinear"],
+        quantized_ops=quantized_op_counts(quantized), kept_float=sensitive, calibration_images=len(calib),
+        seconds=time.perf_counter() - start, notes=notes,
+    )
