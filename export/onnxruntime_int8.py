@@ -38,6 +38,7 @@ from glnet_export.onnx_file import read_onnx
 from runtimes.layer_norm import fuse_channel_layer_norms
 
 from .atomic import atomic_outputs, check_writable
+from .precision import _Batches
 
 Progress = Callable[[str], None]
 # Nodes between an L2 normalisation and the logits MatMul: shape plumbing and the temperature.
@@ -195,18 +196,6 @@ def find_sensitive_nodes(model: onnx.ModelProto) -> SensitiveNodes:
     return found
 
 
-class _SampleReader:
-    """onnxruntime CalibrationDataReader over 1 x 3 x H x W samples, `batch` at a time."""
-
-    def __init__(self, samples: Sequence[np.ndarray], input_name: str, batch: int) -> None:
-        self._batches: Iterator[dict[str, np.ndarray]] = (
-            {input_name: np.concatenate(samples[i : i + batch])} for i in range(0, len(samples) - batch + 1, batch)
-        )
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._batches, None)
-
-
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """quantize_static logs and warns on the root logger and prints progress; we report our own."""
@@ -224,30 +213,24 @@ def _quiet() -> Iterator[None]:
 def quantize_model(model: onnx.ModelProto, output: Path, samples: Sequence[np.ndarray], exclude: Sequence[str],
                    settings: Int8Settings = SETTINGS) -> None:
     """Run onnxruntime's static QDQ quantization of `model` into `output` (no metadata handling)."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    import onnxruntime.quantization as oq
 
     graph_inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
     batch = graph_inputs[0].type.tensor_type.shape.dim[0].dim_value or 1
     if len(samples) < batch:
         raise ExportError(f"the input has a fixed batch of {batch}: give at least {batch} calibration images")
-    reader = _SampleReader(samples, graph_inputs[0].name, batch)
-    CalibrationDataReader.register(_SampleReader)  # a virtual subclass: quantize_static checks isinstance
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
-    act = QuantType.QUInt8 if settings.activation_type == "uint8" else QuantType.QInt8
+    reader = _Batches(samples, graph_inputs[0].name, batch)  # the reader of the TensorRT Q/DQ file
+    oq.CalibrationDataReader.register(_Batches)  # a virtual subclass: quantize_static checks isinstance
+    methods = {"minmax": oq.CalibrationMethod.MinMax, "entropy": oq.CalibrationMethod.Entropy,
+               "percentile": oq.CalibrationMethod.Percentile}
+    act = oq.QuantType.QUInt8 if settings.activation_type == "uint8" else oq.QuantType.QInt8
     extra = {"ActivationSymmetric": settings.activation_symmetric, "WeightSymmetric": True,
              **dict(settings.extra_options)}
     with _quiet():
-        quantize_static(
-            model, output, reader, quant_format=QuantFormat.QDQ,
+        oq.quantize_static(
+            model, output, reader, quant_format=oq.QuantFormat.QDQ,
             op_types_to_quantize=list(settings.op_types) if settings.op_types else None,
-            per_channel=settings.per_channel, activation_type=act, weight_type=QuantType.QInt8,
+            per_channel=settings.per_channel, activation_type=act, weight_type=oq.QuantType.QInt8,
             nodes_to_exclude=list(exclude), calibrate_method=methods[settings.calibrate_method],
             extra_options=extra,
         )
