@@ -87,6 +87,7 @@ def test_int8_has_qdq_and_keeps_glmix_clustering_in_float(int8: OrtInt8Result) -
     assert len(kept.logits_matmuls) == 3  # glnet_tiny has three GLMix blocks
     assert len(kept.softmaxes) == len(kept.softmax_matmuls) == 6
     assert len(kept.temperatures) == 3 and len(kept.l2_norms) == 6 * 3
+    assert set(kept.names) < set(int8.excluded)  # plus the slot attention's MatMuls
     # The same structure is found in the int8 graph: no Q/DQ was put inside it.
     assert find_sensitive_nodes(model).names == kept.names
     dequantized = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
