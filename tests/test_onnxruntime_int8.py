@@ -1,0 +1,138 @@
+"""export.onnxruntime_int8: onnxruntime static int8 (QDQ) of a glnet-export ONNX file.
+
+glnet_tiny (weights perturbed to look trained, `tiny_model`), calibrated on 16 crops of
+the sample photographs; the int8 file is checked in a bare InferenceSession against the
+PyTorch model it came from, on the photographs, at batches 1 and 3.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from export.onnx import export_onnx
+from export.onnxruntime_int8 import OrtInt8Result, find_sensitive_nodes, quantize_onnxruntime_int8
+from glnet_export.calibration import load_calibration
+from glnet_export.errors import ExportError
+from glnet_export.metadata import ArtifactMetadata
+from glnet_export.preprocess import preprocess
+from glnet_export.verification import compare_outputs, tolerance_for
+
+ort = pytest.importorskip("onnxruntime")
+
+
+def _crops(photos: list[Path], folder: Path, count: int = 16) -> Path:
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        img = Image.open(photos[i % len(photos)]).convert("RGB")
+        side = int(min(img.size) * rng.uniform(0.4, 0.9))
+        x, y = (int(rng.integers(0, d - side + 1)) for d in img.size)
+        img.crop((x, y, x + side, y + side)).save(folder / f"crop_{i:02d}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def fp32_onnx(tiny_model: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ort_int8") / "tiny.onnx"
+    export_onnx(tiny_model, path)  # type: ignore[arg-type]
+    return path
+
+
+@pytest.fixture(scope="module")
+def calib_dir(photos: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _crops(photos, tmp_path_factory.mktemp("ort_int8_calib") / "calib")
+
+
+@pytest.fixture(scope="module")
+def int8(fp32_onnx: Path, calib_dir: Path) -> OrtInt8Result:
+    meta = ArtifactMetadata.from_props({p.key: p.value for p in onnx.load(fp32_onnx).metadata_props})
+    calib = load_calibration(calib_dir, meta)
+    return quantize_onnxruntime_int8(fp32_onnx, fp32_onnx.with_name("tiny.int8.onnx"), calib)
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = 2
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_int8_matches_pytorch_on_photographs(int8: OrtInt8Result, tiny_model: torch.nn.Module,
+                                             photos: list[Path], batch: int) -> None:
+    meta = ArtifactMetadata.from_props(_session(int8.path).get_modelmeta().custom_metadata_map)
+    x = np.concatenate([preprocess(p, meta) for p in photos[: len(photos) // batch * batch]])
+    session = _session(int8.path)
+    got = np.concatenate([session.run(None, {"input": x[i : i + batch]})[0] for i in range(0, len(x), batch)])
+    with torch.inference_mode():
+        want = tiny_model(torch.from_numpy(x)).numpy()
+    metrics = compare_outputs(want, got)
+    tol = tolerance_for("int8")
+    assert metrics["cosine"] >= tol.min_cosine, metrics
+    assert metrics["top1"] >= tol.min_top1, metrics
+
+
+def test_int8_has_qdq_and_keeps_glmix_clustering_in_float(int8: OrtInt8Result) -> None:
+    model = onnx.load(int8.path)
+    ops = [n.op_type for n in model.graph.node]
+    assert int8.qdq_nodes == ops.count("QuantizeLinear") + ops.count("DequantizeLinear") > 0
+    assert int8.quantized_ops.get("Conv", 0) > 0 and int8.quantized_ops.get("MatMul", 0) > 0
+    kept = int8.kept_float
+    assert len(kept.logits_matmuls) == 3  # glnet_tiny has three GLMix blocks
+    assert len(kept.softmaxes) == len(kept.softmax_matmuls) == 6
+    assert len(kept.temperatures) == 3 and len(kept.l2_norms) == 6 * 3
+    assert set(kept.names) < set(int8.excluded)  # plus the slot attention's MatMuls
+    # The same structure is found in the int8 graph: no Q/DQ was put inside it.
+    assert find_sensitive_nodes(model).names == kept.names
+    dequantized = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    by_name = {n.name: n for n in model.graph.node}
+    for name in kept.names:
+        assert not dequantized & set(by_name[name].input), f"{name} reads a DequantizeLinear output"
+
+
+def test_int8_keeps_metadata_with_precision_int8(int8: OrtInt8Result, fp32_onnx: Path) -> None:
+    before = {p.key: p.value for p in onnx.load(fp32_onnx).metadata_props}
+    after = {p.key: p.value for p in onnx.load(int8.path).metadata_props}
+    assert after == {**before, "precision": "int8"}
+    assert int8.calibration_images == 16
+
+
+def _assert_fails_cleanly(source: Path, calib: Path, out: Path, match: str) -> None:
+    before = set(out.parent.iterdir())
+    with pytest.raises(ExportError, match=match) as info:
+        quantize_onnxruntime_int8(source, out, calib)
+    assert "\n" not in str(info.value)
+    assert not out.exists() and set(out.parent.iterdir()) == before  # no output, no temporary file
+
+
+def test_empty_calibration_folder_is_one_clear_error(fp32_onnx: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    _assert_fails_cleanly(fp32_onnx, tmp_path / "empty", tmp_path / "out.onnx", "no usable images")
+
+
+def test_unreadable_calibration_images_are_one_clear_error(fp32_onnx: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for i in range(3):
+        (bad / f"broken_{i}.png").write_bytes(b"not a png")
+    _assert_fails_cleanly(fp32_onnx, bad, tmp_path / "out.onnx", r"no usable images.*3 unreadable")
+
+
+def test_non_onnx_source_is_one_clear_error(calib_dir: Path, tmp_path: Path) -> None:
+    source = tmp_path / "model.onnx"
+    source.write_text("not an onnx file")
+    _assert_fails_cleanly(source, calib_dir, tmp_path / "out.onnx", "not a readable ONNX file")
+
+
+def test_onnx_without_metadata_is_one_clear_error(fp32_onnx: Path, calib_dir: Path, tmp_path: Path) -> None:
+    model = onnx.load(fp32_onnx)
+    del model.metadata_props[:]
+    source = tmp_path / "plain.onnx"
+    onnx.save_model(model, source)
+    _assert_fails_cleanly(source, calib_dir, tmp_path / "out.onnx", "no glnet-export metadata")
