@@ -31,13 +31,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from glnet_export.atomic import atomic_outputs, check_writable
 from glnet_export.calibration import CalibrationSet, load_calibration
 from glnet_export.errors import ExportError, GlnetExportError, one_line
 from glnet_export.metadata import ArtifactMetadata, MetadataError
 from glnet_export.onnx_file import read_onnx
-from runtimes.layer_norm import fuse_channel_layer_norms
 
-from .atomic import atomic_outputs, check_writable
+from .passes.layer_norm import fuse_channel_layer_norms
 from .precision import _Batches
 
 Progress = Callable[[str], None]
@@ -343,7 +343,7 @@ def quantize_onnxruntime_int8(onnx_path: str | Path, output_path: str | Path, ca
 
     if settings.fuse_layer_norms:
         # One LayerNormalization node runs faster here than the ~10 elementwise nodes the
-        # deploy form spells out (runtimes.layer_norm): int8 CPU time 0.67 vs 0.70 of fp32.
+        # deploy form spells out (export.passes.layer_norm): int8 CPU time 0.67 vs 0.70 of fp32.
         fused = fuse_channel_layer_norms(model)
         if fused:
             notes.append(f"{fused} spelled-out channel LayerNorms fused into LayerNormalization")
