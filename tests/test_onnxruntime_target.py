@@ -181,5 +181,9 @@ def test_ort_format_file_runs_in_a_bare_session_and_keeps_the_metadata(files: di
             want = files["model"](torch.from_numpy(x)).numpy()
         got = session.run(None, {"input": x})[0]
         assert float(np.abs(got - want).max() / np.abs(want).max()) < 1e-4
+    assert any("1.5x slower" in n for n in result.notes), "the measured cost of the portable .ort is said"
     with pytest.raises(OptionError, match="must end in .ort"):
         convert_onnxruntime(files["portable"], tmp_path / "x.onnx", fmt="ort")
+    baked = convert_onnxruntime(files["portable"], tmp_path / "baked.ort", fmt="ort", ort_level="all")
+    meta = ArtifactMetadata.from_props(_bare_session(baked.path).get_modelmeta().custom_metadata_map)
+    assert meta.requires.endswith("on a CPU like the one that wrote it")

@@ -21,6 +21,9 @@ def ort(
                                                 "or SOURCE.ort).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="onnx (any onnxruntime build) | ort (onnxruntime's own "
                                      "format, for its mobile and minimal builds).")] = "onnx",
+    ort_level: Annotated[str, typer.Option("--ort-level", help="--format ort: extended (runs on any CPU; "
+                                           "about 1.5x slower than the .onnx on x86) | all (as fast as the "
+                                           ".onnx, but only on the kind of CPU that wrote it).")] = "extended",
     verify: Annotated[bool, typer.Option(help="Run the written file against the source in onnxruntime.")] = True,
     threads: Annotated[int | None, typer.Option(help="CPU threads for verification.")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", callback=checked_output,
@@ -34,7 +37,7 @@ def ort(
     vopts = VerifyOptions(threads=threads)
     vopts.validate()
     with err.status("rewriting") as status:
-        result = convert_onnxruntime(source, output, progress=status.update, fmt=fmt)
+        result = convert_onnxruntime(source, output, progress=status.update, fmt=fmt, ort_level=ort_level)
         report = verify_artifact(result.path, result.source, vopts, progress=status.update) if verify else None
 
     write_json({"export": result, "verification": report}, json_path)
