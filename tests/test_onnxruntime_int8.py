@@ -75,7 +75,15 @@ def test_int8_matches_pytorch_on_photographs(int8: OrtInt8Result, tiny_model: to
     metrics = compare_outputs(want, got)
     tol = tolerance_for("int8")
     assert metrics["cosine"] >= tol.min_cosine, metrics
-    assert metrics["top1"] >= tol.min_top1, metrics
+    # Top-1 is judged where the answer is not a near-tie: the random-weight model's top-2
+    # logits are often closer than int8's error (a CI run flipped 2 of 9 photographs at
+    # cosine 0.99986), and a flip there says nothing about the quantization. A sample whose
+    # fp32 top-1/top-2 margin is above 5% of the largest logit must keep its class (a fixed
+    # bar, not one from the observed error, which any flip would pass by construction).
+    top2 = np.sort(want, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 0.05 * np.abs(want).max()
+    assert clear.sum() >= len(want) // 3, f"too few clear answers to judge top-1 ({clear.sum()} of {len(want)})"
+    assert (got.argmax(1)[clear] == want.argmax(1)[clear]).all(), metrics
 
 
 def test_int8_has_qdq_and_keeps_glmix_clustering_in_float(int8: OrtInt8Result) -> None:
