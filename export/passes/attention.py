@@ -9,8 +9,8 @@ onnxsim): MatMul(x, W)[+Add(b)] -> Reshape(B,S,3,N,H) -> Transpose(2,0,3,1,4) ->
 -> Mul(q, scale) @ Transpose(k) -> Softmax -> @ v -> Transpose(0,2,1,3) -> Reshape(B,S,C),
 and replaces it by one Attention(x, W, b) node (W is C x 3C with q|k|v columns, as in
 nn.MultiheadAttention.in_proj_weight.T). The result runs only on onnxruntime (contrib op):
-so the rewrite happens in memory when a session is created (`runtimes.onnxruntime`); the
-file on disk stays standard ONNX for TensorRT and OpenVINO.
+so it is a pass of the onnxruntime target only (`export.passes`, `glnet-export onnx --target
+onnxruntime`); the portable file stays standard ONNX for TensorRT and OpenVINO.
 """
 
 from __future__ import annotations

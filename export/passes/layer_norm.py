@@ -9,9 +9,9 @@ whatever the tensor type, whereas the spelled-out variance of an fp16 graph over
 soon as a deviation passes 256, and onnxruntime's int8 quantizer would put Q/DQ pairs
 around the elementwise Mul and Add. So the precision ONNX for TensorRT (`export.precision`)
 first rewrites each match as Transpose -> LayerNormalization(axis -1) -> Transpose, which is
-exactly the graph the deploy form produced before. onnxruntime sessions get the same rewrite
-in memory (`runtimes.onnxruntime.session_source`): its reductions over axis 1 of an NCHW map
-are slower than the fused node with its two transposes (about 4% of glnet_4g's latency).
+exactly the graph the deploy form produced before. The onnxruntime-targeted file gets the
+same rewrite (`export.passes`): onnxruntime's reductions over axis 1 of an NCHW map are
+slower than the fused node with its two transposes (about 4% of glnet_4g's latency).
 """
 
 from __future__ import annotations

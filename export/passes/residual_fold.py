@@ -8,8 +8,8 @@ convolution's own input); each one is a full pass over the map, the largest of t
 Folding them makes glnet_4g about 3% faster in both (README, Benchmarks), and in fp32 the
 result differs only by rounding (max abs 2e-5 on logits of magnitude 35).
 
-It is a rewrite for fp32 execution, made in memory when a runtime loads the file
-(`runtimes.onnxruntime`, `runtimes.openvino`), not in the exported file: in reduced
+It is a pass for files that compute in fp32 (the onnxruntime-targeted ONNX; an OpenVINO
+IR built with `--compute f32`, through `openvino_fold`), not in the portable file: in reduced
 precision the identity moves from an fp32 residual add into a bf16 weight (1 + w rounds to
 a step of 2^-7), and OpenVINO's bf16 error on glnet_4g grew by about 9% (mean abs 0.134 ->
 0.146 on 300 photographs and crops); int8 would quantize a kernel whose centre dwarfs the rest.
