@@ -33,7 +33,7 @@ class LayerNorm2d(nn.LayerNorm):
         The deploy form uses it. OpenVINO keeps the whole GLMix block in its own blocked
         layout this way; the two transposes around a LayerNormalization node cost it about
         10% of glnet_4g's latency (README, Benchmarks). The other consumers fuse these nodes
-        back into LayerNormalization (export.passes.layer_norm): onnxruntime sessions in memory,
+        back into LayerNormalization (export.passes.layer_norm): the onnxruntime-targeted file,
         where the fused node is about 4% faster, and the precision ONNX for TensorRT, whose
         kernel accumulates in fp32 (the squared deviations of the residual stream can pass
         fp16's range).
