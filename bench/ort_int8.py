@@ -59,11 +59,9 @@ def eval_inputs(meta, crops: int) -> np.ndarray:  # type: ignore[no-untyped-def]
 def session(path: Path, threads: int):  # type: ignore[no-untyped-def]
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    from runtimes.onnxruntime import session_options
+
+    return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
 
 
 def alternated(paths: list[Path], batch: int, threads: int, clock, rounds: int, reps: int) -> list[float]:  # type: ignore[no-untyped-def]

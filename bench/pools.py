@@ -34,11 +34,11 @@ def cpu_count() -> int:
 def compile_openvino(path: Path, device: str = "cpu", threads: int | None = None, precision: str | None = None,
                      shape: tuple[int, ...] | None = None, **config: Any) -> Any:
     """An OpenVINO compiled model with extra settings (PERF_COUNT, PERFORMANCE_HINT), static when `shape`."""
-    from runtimes.openvino import PRECISION_HINTS, import_openvino, precision_to_ask
+    from runtimes.openvino import PRECISION_HINTS, import_openvino, precision_to_ask, read_metadata
 
     core = import_openvino().Core()
     model = core.read_model(str(path))
-    precision = precision_to_ask(model, precision)  # as OpenVinoRunner asks
+    precision = precision_to_ask(read_metadata(model), precision)  # as OpenVinoRunner asks
     if shape is not None:
         model.reshape({0: list(shape)})
     settings = dict(config)

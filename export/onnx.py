@@ -28,8 +28,9 @@ from glnet.model import GLNet
 from glnet_export.atomic import atomic_outputs, check_writable
 from glnet_export.errors import ExportError, OptionError, one_line
 from glnet_export.metadata import IMAGENET_LABELS, ArtifactMetadata
+from glnet_export.onnx_file import set_metadata
 
-from .onnxruntime import set_metadata, target_proto
+from .onnxruntime import target_proto
 from .passes import TARGETS, PassReport
 
 DYNAMIC_MODES = ("none", "batch", "shape")

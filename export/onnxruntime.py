@@ -21,7 +21,7 @@ import onnx
 from glnet_export.atomic import check_writable
 from glnet_export.errors import ExportError, OptionError, one_line
 from glnet_export.metadata import ArtifactMetadata, MetadataError
-from glnet_export.onnx_file import read_onnx
+from glnet_export.onnx_file import read_onnx, set_metadata
 
 from .passes import ONNXRUNTIME_REQUIRES, PassReport, apply_onnx_target, contrib_ops
 
@@ -58,16 +58,11 @@ def refuse_runtime_only(meta: ArtifactMetadata, where: str | Path, backend: str)
                           f"(`glnet-export onnx` without --target)")
 
 
-def set_metadata(proto: onnx.ModelProto, meta: ArtifactMetadata) -> None:
-    del proto.metadata_props[:]
-    for key, value in meta.to_props().items():
-        proto.metadata_props.add(key=key, value=value)
-
-
-def target_proto(proto: onnx.ModelProto, meta: ArtifactMetadata) -> tuple[ArtifactMetadata, PassReport]:
+def target_proto(proto: onnx.ModelProto, meta: ArtifactMetadata,
+                 where: str | Path = "the file") -> tuple[ArtifactMetadata, PassReport]:
     """Rewrite `proto` in place for onnxruntime and record it in its metadata; the new metadata."""
     if meta.runtime_only is not None:
-        raise ExportError(f"the file is already {meta.runtime_only}-targeted; start from the portable ONNX")
+        raise ExportError(f"{where} is already {meta.runtime_only}-targeted; start from the portable ONNX")
     report = apply_onnx_target(proto, TARGET)
     try:
         # The contrib domain is unknown to onnx's schemas, so no full (shape-inferring) check.
@@ -145,11 +140,9 @@ def convert_onnxruntime(source: str | Path, output: str | Path | None = None,
     start = time.perf_counter()
     proto = read_onnx(source)
     meta = metadata_of(proto, source)
-    if meta.runtime_only is not None:
-        raise ExportError(f"{source} is already {meta.runtime_only}-targeted; start from the portable ONNX")
     nodes_before = len(proto.graph.node)
     say("rewriting the graph for onnxruntime (attention, residual fold, LayerNorm, conv sums)")
-    meta, report = target_proto(proto, meta)
+    meta, report = target_proto(proto, meta, source)
     notes = []
     if fmt == "ort" and ort_level == "all":
         # The file now holds this CPU's blocked layout: say so where an app can read it.

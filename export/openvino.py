@@ -23,13 +23,13 @@ from glnet.model import GLNet
 from glnet_export.atomic import atomic_outputs, check_writable
 from glnet_export.calibration import DEFAULT_COUNT, load_calibration
 from glnet_export.errors import ExportError, OptionError, one_line
-from glnet_export.metadata import ArtifactMetadata, MetadataError
+from glnet_export.metadata import ArtifactMetadata
 from glnet_export.onnx_file import read_onnx
 from glnet_export.verification import VerificationReport
 from runtimes.openvino import RT_INFO_KEY, OpenVinoRunner, import_openvino
 
 from .onnx import MIN_SIDE, OnnxExportOptions
-from .onnxruntime import refuse_runtime_only
+from .onnxruntime import metadata_of, refuse_runtime_only
 from .openvino_int8 import count_fake_quantize, quantize_int8
 from .passes.openvino_fold import fold_residual_depthwise_ov
 from .verify import VerifyOptions, verify_runner
@@ -95,11 +95,7 @@ def calibration_sizes(meta: ArtifactMetadata) -> list[tuple[int, int]]:
 
 
 def read_onnx_metadata(onnx_path: Path) -> ArtifactMetadata:
-    proto = read_onnx(onnx_path, load_external_data=False)
-    try:
-        meta = ArtifactMetadata.from_props({p.key: p.value for p in proto.metadata_props})
-    except MetadataError as exc:
-        raise ExportError(f"{onnx_path}: {exc}; export it with `glnet-export onnx` first") from None
+    meta = metadata_of(read_onnx(onnx_path, load_external_data=False), onnx_path)
     refuse_runtime_only(meta, onnx_path, "openvino")
     return meta
 

@@ -32,7 +32,7 @@ import onnx
 from glnet_export.atomic import atomic_outputs, check_writable
 from glnet_export.errors import ExportError, OptionError, one_line
 from glnet_export.metadata import ArtifactMetadata, MetadataError
-from glnet_export.onnx_file import read_onnx
+from glnet_export.onnx_file import read_onnx, set_metadata
 
 from .onnxruntime import refuse_runtime_only
 from .passes.layer_norm import fuse_channel_layer_norms
@@ -265,9 +265,7 @@ def _set_metadata(model: onnx.ModelProto, precision: str, notes: list[str]) -> N
         notes.append("the source carries no glnet-export metadata: none written")
         return
     meta.precision = precision
-    del model.metadata_props[:]
-    for key, value in meta.to_props().items():
-        model.metadata_props.add(key=key, value=value)
+    set_metadata(model, meta)
 
 
 def write_precision_onnx(source: str | Path, output: str | Path | None = None,

@@ -10,6 +10,8 @@ from .errors import ArtifactLoadError, one_line
 if TYPE_CHECKING:
     import onnx
 
+    from .metadata import ArtifactMetadata
+
 
 def read_onnx(path: str | Path, load_external_data: bool = True) -> onnx.ModelProto:
     """The model in `path`; ArtifactLoadError (one line) if it is missing, empty or not ONNX."""
@@ -29,3 +31,10 @@ def read_onnx(path: str | Path, load_external_data: bool = True) -> onnx.ModelPr
     if not model.graph.node:
         raise ArtifactLoadError(f"{path}: not a readable ONNX file (no graph in it)")
     return model
+
+
+def set_metadata(proto: onnx.ModelProto, meta: ArtifactMetadata) -> None:
+    """Replace `proto`'s metadata_props with `meta` (one key per field)."""
+    del proto.metadata_props[:]
+    for key, value in meta.to_props().items():
+        proto.metadata_props.add(key=key, value=value)

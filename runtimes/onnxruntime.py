@@ -40,6 +40,26 @@ def session_options(threads: int | None = None):  # type: ignore[no-untyped-def]
     return opts
 
 
+def _metadata(session) -> ArtifactMetadata | None:  # type: ignore[no-untyped-def]
+    try:
+        return ArtifactMetadata.from_props(session.get_modelmeta().custom_metadata_map)
+    except MetadataError:
+        return None
+
+
+def _refuse_for_tensorrt(path: str | Path, ort) -> None:  # type: ignore[no-untyped-def]
+    """TensorRT's execution provider cannot take contrib ops: it would quietly run them on
+    CUDA or the CPU, and the numbers would not be TensorRT's. Read before the TensorRT
+    session is made (that builds engines): an unoptimized CPU session only reads the file."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    meta = _metadata(ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]))
+    if meta is not None and meta.runtime_only == "onnxruntime":
+        raise RuntimeInputError(f"{path}: an onnxruntime-targeted file (contrib ops "
+                                f"{', '.join(meta.contrib_ops) or 'none'}) cannot run on TensorRT; "
+                                "use the portable ONNX it came from")
+
+
 class OnnxRuntimeRunner(Runner):
     backend = "onnxruntime"
     thread_safe = True  # InferenceSession.run is documented thread-safe
@@ -55,23 +75,15 @@ class OnnxRuntimeRunner(Runner):
             raise BackendUnavailableError(
                 f"onnxruntime here has no {wanted[0]} (available: {', '.join(sorted(available))})"
             )
+        if device == "tensorrt":
+            _refuse_for_tensorrt(path, ort)
         self.session = ort.InferenceSession(str(path), session_options(threads), providers=wanted)
         self.device = device
         self.inputs = [TensorSpec(i.name, tuple(i.shape), i.type) for i in self.session.get_inputs()]
         self.outputs = [TensorSpec(o.name, tuple(o.shape), o.type) for o in self.session.get_outputs()]
-        props = self.session.get_modelmeta().custom_metadata_map
-        try:
-            self.metadata = ArtifactMetadata.from_props(props)
+        self.metadata = _metadata(self.session)
+        if self.metadata is not None:
             self.precision = self.metadata.precision
-        except MetadataError:
-            self.metadata = None
-        if device == "tensorrt" and self.metadata is not None and self.metadata.runtime_only == "onnxruntime":
-            # TensorRT's execution provider cannot take contrib ops; the session would
-            # quietly run them on CUDA or the CPU and the numbers would not be TensorRT's.
-            del self.session
-            raise RuntimeInputError(f"{path}: an onnxruntime-targeted file (contrib ops "
-                                    f"{', '.join(self.metadata.contrib_ops) or 'none'}) cannot run on TensorRT; "
-                                    "use the portable ONNX it came from")
         self._input_name = self.inputs[0].name
         self._output_names = [o.name for o in self.outputs]
 

@@ -85,12 +85,11 @@ def stored_precision(model: Any) -> tuple[str, int]:
     return ("fp16" if constants["fp16"] > constants["fp32"] else "fp32"), 0
 
 
-def precision_to_ask(model: Any, precision: str | None) -> str | None:
+def precision_to_ask(meta: ArtifactMetadata | None, precision: str | None) -> str | None:
     """`precision` if given, else the compute precision the IR was built for (None: the device's choice)."""
-    if precision is not None:
+    if precision is not None or meta is None:
         return precision
-    meta = read_metadata(model)
-    return meta.compute_precision or None if meta is not None else None
+    return meta.compute_precision or None
 
 
 def _spec(port: Any, names: tuple[str, ...]) -> TensorSpec:
@@ -163,7 +162,7 @@ class OpenVinoRunner(Runner):
             raise RuntimeInputError(f"{path}: OpenVINO cannot read it: {_first_line(exc)}") from None
         self.metadata = read_metadata(model)
         self.weights_precision, self.int8_nodes = stored_precision(model)
-        precision = precision_to_ask(model, precision)
+        precision = precision_to_ask(self.metadata, precision)
         self.requested_precision = precision
 
         settings: dict[str, Any] = dict(config)

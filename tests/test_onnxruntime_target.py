@@ -187,3 +187,15 @@ def test_ort_format_file_runs_in_a_bare_session_and_keeps_the_metadata(files: di
     baked = convert_onnxruntime(files["portable"], tmp_path / "baked.ort", fmt="ort", ort_level="all")
     meta = ArtifactMetadata.from_props(_bare_session(baked.path).get_modelmeta().custom_metadata_map)
     assert meta.requires.endswith("on a CPU like the one that wrote it")
+
+
+def test_tensorrt_provider_check_refuses_the_targeted_file_before_any_session(files: dict) -> None:
+    # The TensorRT execution provider is not installed here, so the runner cannot be asked
+    # for device="tensorrt"; the check it runs first (on an unoptimized CPU session) can.
+    from runtimes.base import RuntimeInputError
+    from runtimes.onnxruntime import _refuse_for_tensorrt
+
+    with pytest.raises(RuntimeInputError, match="onnxruntime-targeted file .* cannot run on TensorRT") as info:
+        _refuse_for_tensorrt(files["targeted"], ort)
+    assert "\n" not in str(info.value) and "com.microsoft.Attention" in str(info.value)
+    _refuse_for_tensorrt(files["portable"], ort)  # the portable file passes

@@ -33,7 +33,6 @@ from .conv_sums import regroup_conv_sums
 from .layer_norm import fuse_channel_layer_norms
 from .residual_fold import fold_residual_depthwise
 
-TARGETS = ("portable", "onnxruntime")
 # onnxruntime release the targeted files need: the project's own floor, which is what the
 # tests run; the contrib Attention kernel with a fused q|k|v weight is older than that.
 ONNXRUNTIME_REQUIRES = "onnxruntime>=1.20"
@@ -57,6 +56,7 @@ ONNX_PASSES: dict[str, tuple[Pass, ...]] = {
         Pass("conv_sums", regroup_conv_sums),
     ),
 }
+TARGETS = tuple(ONNX_PASSES)
 
 
 @dataclass
