@@ -40,7 +40,7 @@ class ReportError(GlnetExportError):
 
 @dataclass
 class BenchReport:
-    kind: str  # "bench" (artifacts), "benchmark" (every format of one model), "targets"
+    kind: str  # "bench" (artifacts), "benchmark" (every format of one model), "targets", "int8"
     device: DeviceInfo
     options: dict[str, Any]
     artifacts: list[ArtifactBench] = field(default_factory=list)

@@ -37,6 +37,8 @@ FORMATS: dict[str, tuple[str, str | None, str]] = {
     "onnxruntime": ("onnx", None, "portable ONNX in onnxruntime"),
     "onnxruntime-target": ("ort", None, "onnxruntime-targeted ONNX (`--target onnxruntime`: contrib Attention, "
                            "fused LayerNorms, folded residual convolutions)"),
+    "onnxruntime-int8": ("ort-int8", None, "int8 Q/DQ ONNX for onnxruntime (`ort --precision int8`: Conv and "
+                         "MatMul in int8, GLMix's clustering in float), for CPUs without bf16"),
     "openvino-fp32": ("ov-f32", None, "OpenVINO IR fp32 built for f32 compute (`--compute f32`: residual "
                       "convolutions folded), run in f32 as the file asks"),
     "openvino-auto": ("ov-fp32", None, "OpenVINO IR fp32, the device's own precision (bf16 where the CPU has it)"),
@@ -128,6 +130,11 @@ def _make(kind: str, source: dict[str, Path], work: Path, name: str, model: GLNe
         from export.onnxruntime import convert_onnxruntime
 
         return convert_onnxruntime(source["onnx"], work / f"{name}_ort.onnx").path
+    if kind == "ort-int8":
+        from export.onnxruntime_int8 import quantize_onnxruntime_int8
+
+        return quantize_onnxruntime_int8(source["onnx"], work / f"{name}_ort_int8.onnx", calib,
+                                         calib_count=options.calib_count).path
     if kind.startswith("ov-"):
         from export.openvino import OpenVinoOptions, convert_openvino
 

@@ -35,6 +35,7 @@ from bench.sysinfo import OtherLoad, busy_cpus, collect_device_info
 from bench.timing import make_inputs
 from export.onnx import OnnxExportOptions, export_onnx
 from export.onnxruntime import convert_onnxruntime
+from export.onnxruntime_int8 import quantize_onnxruntime_int8
 from export.openvino import OpenVinoOptions, convert_openvino
 from glnet.testing import perturb_weights_
 from glnet_export.metadata import ArtifactMetadata
@@ -68,8 +69,8 @@ def say(msg: str) -> None:
 
 
 def build(model: glnet.GLNet, work: Path, crops: int) -> dict[str, Path]:
-    """The files as shipped: a dynamic-batch ONNX at 224 (portable and onnxruntime-targeted)
-    and its IRs (fp32 built for f32 compute, fp32 for the device's choice, int8), a
+    """The files as shipped: a dynamic-batch ONNX at 224 (portable, onnxruntime-targeted and
+    onnxruntime int8) and its IRs (fp32 built for f32 compute, fp32 for the device's choice, int8), a
     dynamic-shape ONNX (onnxruntime-targeted) and its IR built for f32."""
     paths = {"onnx": work / "batch.onnx", "onnx_shape": work / "shape.onnx"}
     for key, dynamic in (("onnx", "batch"), ("onnx_shape", "shape")):
@@ -82,6 +83,9 @@ def build(model: glnet.GLNet, work: Path, crops: int) -> dict[str, Path]:
     calib.mkdir()
     for i, img in enumerate(photo_crops(seed=1, crops=crops, whole=False)):
         img.save(calib / f"{i:03d}.png")
+    start = time.perf_counter()
+    paths["ort_int8"] = quantize_onnxruntime_int8(paths["onnx"], work / "batch_ort_int8.onnx", calib).path
+    say(f"quantized {paths['ort_int8'].name} (onnxruntime int8) in {time.perf_counter() - start:.0f} s")
     irs = (("ov_f32", "onnx", "fp32", "f32"), ("ov_fp32", "onnx", "fp32", "auto"),
            ("ov_shape", "onnx_shape", "fp32", "f32"), ("ov_int8", "onnx", "int8", "auto"))
     for key, src, precision, compute in irs:
@@ -154,6 +158,7 @@ def main() -> None:
             "onnxruntime targeted": (runtimes.load(paths["ort"], threads=args.threads), paths["ort"]),
             "onnxruntime targeted (dynamic HxW)": (runtimes.load(paths["ort_shape"], threads=args.threads),
                                                    paths["ort_shape"]),
+            "onnxruntime int8": (runtimes.load(paths["ort_int8"], threads=args.threads), paths["ort_int8"]),
             "openvino f32": (runtimes.load(paths["ov_f32"], threads=args.threads), paths["ov_f32"]),
             "openvino default": (runtimes.load(paths["ov_fp32"], threads=args.threads), paths["ov_fp32"]),
             # The same IRs compiled once with their dynamic batch, as the runner did before it

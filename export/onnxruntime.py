@@ -49,6 +49,16 @@ def metadata_of(proto: onnx.ModelProto, where: str | Path) -> ArtifactMetadata:
         raise ExportError(f"{where}: {exc}; export it with `glnet-export onnx` first") from None
 
 
+def read_portable_metadata(source: str | Path) -> ArtifactMetadata:
+    """The metadata of the portable fp32 file `source`, or one clear line why it is not one."""
+    meta = metadata_of(read_onnx(source, load_external_data=False), source)
+    if meta.runtime_only is not None:
+        raise ExportError(f"{source} is already {meta.runtime_only}-targeted; start from the portable ONNX")
+    if meta.precision != "fp32":
+        raise ExportError(f"{source} is {meta.precision}; start from the fp32 portable ONNX")
+    return meta
+
+
 def refuse_runtime_only(meta: ArtifactMetadata, where: str | Path, backend: str) -> None:
     """One clear line when a file rewritten for another runtime is handed to `backend`."""
     only = meta.runtime_only
@@ -84,9 +94,12 @@ FORMATS = ("onnx", "ort")
 ORT_LEVELS = ("extended", "all")
 
 
-def default_output(source: Path, fmt: str = "onnx") -> Path:
-    """glnet_4g.onnx -> glnet_4g_ort.onnx (still .onnx: every tool knows the suffix), or glnet_4g.ort."""
-    return source.with_name(f"{source.stem}_ort.onnx" if fmt == "onnx" else f"{source.stem}.ort")
+def default_output(source: Path, fmt: str = "onnx", precision: str = "fp32") -> Path:
+    """glnet_4g.onnx -> glnet_4g_ort.onnx (still .onnx: every tool knows the suffix), glnet_4g_ort_int8.onnx,
+    or glnet_4g.ort."""
+    if fmt == "ort":
+        return source.with_name(f"{source.stem}.ort")
+    return source.with_name(f"{source.stem}_ort{'' if precision == 'fp32' else '_' + precision}.onnx")
 
 
 def save_ort_format(proto: onnx.ModelProto, output: Path, level: str = "extended") -> None:

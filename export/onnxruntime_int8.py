@@ -19,6 +19,7 @@ is tuned for onnxruntime on a CPU; the measurements behind each choice are at SE
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import time
@@ -32,18 +33,21 @@ import numpy as np
 import onnx
 
 from glnet_export.atomic import atomic_outputs, check_writable
-from glnet_export.calibration import CalibrationSet, load_calibration
+from glnet_export.calibration import DEFAULT_COUNT, CalibrationSet, SampleBatches, load_calibration
 from glnet_export.errors import ExportError, GlnetExportError, one_line
-from glnet_export.metadata import ArtifactMetadata, MetadataError
-from glnet_export.onnx_file import read_onnx
+from glnet_export.metadata import ArtifactMetadata, Quantization
+from glnet_export.onnx_file import read_onnx, set_metadata
 
+from .onnx_int8_nodes import (
+    SensitiveNodes,
+    attention_matmuls,
+    find_sensitive_nodes,
+    float_inputs_back,
+    quantized_op_counts,
+)
 from .passes.layer_norm import fuse_channel_layer_norms
-from .precision import _Batches
 
 Progress = Callable[[str], None]
-# Nodes between an L2 normalisation and the logits MatMul: shape plumbing and the temperature.
-_PASS_THROUGH = frozenset({"Mul", "Transpose", "Reshape", "Unsqueeze", "Squeeze", "Expand", "Cast"})
-_SEARCH_DEPTH = 6
 
 
 @dataclass(frozen=True)
@@ -91,30 +95,10 @@ SETTINGS = Int8Settings()
 
 
 @dataclass
-class SensitiveNodes:
-    """Nodes of one graph that int8 leaves in float, by role (node names)."""
-
-    l2_norms: list[str] = field(default_factory=list)  # ReduceL2 (or Sqrt of a sum of squares) -> Clip/Max -> Div
-    logits_matmuls: list[str] = field(default_factory=list)
-    temperatures: list[str] = field(default_factory=list)  # the Mul by slot_scale before the logits MatMul
-    softmaxes: list[str] = field(default_factory=list)
-    softmax_matmuls: list[str] = field(default_factory=list)
-
-    @property
-    def names(self) -> list[str]:
-        return list(dict.fromkeys(self.l2_norms + self.temperatures + self.logits_matmuls + self.softmaxes
-                                  + self.softmax_matmuls))
-
-    def describe(self) -> str:
-        return (f"{len(self.logits_matmuls)} logits MatMul, {len(self.temperatures)} temperature Mul, "
-                f"{len(self.softmaxes)} slot Softmax, {len(self.softmax_matmuls)} softmax MatMul, "
-                f"{len(self.l2_norms) // 3} L2 normalisations")
-
-
-@dataclass
 class OrtInt8Result:
     path: Path
     source: Path
+    metadata: ArtifactMetadata  # as written: precision int8, target onnxruntime, `quantization`
     qdq_nodes: int  # QuantizeLinear + DequantizeLinear
     quantized_ops: dict[str, int]  # op type -> nodes that take a DequantizeLinear output
     kept_float: SensitiveNodes  # the GLMix clustering nodes, by role
@@ -122,79 +106,6 @@ class OrtInt8Result:
     seconds: float
     excluded: list[str] = field(default_factory=list)  # every node left unquantized (+ slot attention MatMuls)
     notes: list[str] = field(default_factory=list)
-
-
-def _graph_maps(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto], dict[str, list[onnx.NodeProto]]]:
-    producer = {out: node for node in graph.node for out in node.output}
-    users: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            users.setdefault(name, []).append(node)
-    return producer, users
-
-
-def _norm_nodes(node: onnx.NodeProto, producer: dict[str, onnx.NodeProto]) -> list[onnx.NodeProto] | None:
-    """The nodes computing ||x||: ReduceL2, or Sqrt(ReduceSum(Pow|Mul(x))) / Sqrt(ReduceSumSquare(x))."""
-    if node.op_type == "ReduceL2":
-        return [node]
-    if node.op_type != "Sqrt" or node.input[0] not in producer:
-        return None
-    total = producer[node.input[0]]
-    if total.op_type == "ReduceSumSquare":
-        return [total, node]
-    square = producer.get(total.input[0]) if total.op_type == "ReduceSum" else None
-    if square is not None and square.op_type in ("Pow", "Mul"):
-        return [square, total, node]
-    return None
-
-
-def find_sensitive_nodes(model: onnx.ModelProto) -> SensitiveNodes:
-    """The GLMix clustering nodes of `model`, found by structure."""
-    graph = model.graph
-    producer, users = _graph_maps(graph)
-    found = SensitiveNodes()
-    divides: set[str] = set()  # outputs of the normalising Divs
-    for node in graph.node:
-        norm = _norm_nodes(node, producer)
-        if norm is None:
-            continue
-        for clamp in users.get(node.output[0], []):
-            if clamp.op_type not in ("Clip", "Max"):
-                continue
-            for div in users.get(clamp.output[0], []):
-                if div.op_type == "Div" and div.input[1] == clamp.output[0]:
-                    found.l2_norms += [n.name for n in norm] + [clamp.name, div.name]
-                    divides.add(div.output[0])
-
-    def walk(name: str, depth: int, seen: list[onnx.NodeProto]) -> list[onnx.NodeProto] | None:
-        """The pass-through nodes from a normalised tensor to `name`, or None if it is not one."""
-        if name in divides:
-            return seen
-        up = producer.get(name)
-        if up is None or depth == 0 or up.op_type not in _PASS_THROUGH:
-            return None
-        for i in up.input:
-            path = walk(i, depth - 1, [*seen, up])
-            if path is not None:
-                return path
-        return None
-
-    for node in graph.node:
-        if node.op_type != "MatMul":
-            continue
-        paths = [walk(i, _SEARCH_DEPTH, []) for i in node.input]
-        if any(p is None for p in paths):
-            continue
-        found.logits_matmuls.append(node.name)
-        found.temperatures += [n.name for p in paths if p for n in p if n.op_type == "Mul"]
-        for soft in users.get(node.output[0], []):
-            if soft.op_type != "Softmax":
-                continue
-            found.softmaxes.append(soft.name)
-            after = list(users.get(soft.output[0], []))  # directly, or through a Transpose/Reshape
-            after += [u for a in after if a.op_type in ("Transpose", "Reshape") for u in users.get(a.output[0], [])]
-            found.softmax_matmuls += [u.name for u in after if u.op_type == "MatMul"]
-    return found
 
 
 @contextlib.contextmanager
@@ -220,8 +131,8 @@ def quantize_model(model: onnx.ModelProto, output: Path, samples: Sequence[np.nd
     batch = graph_inputs[0].type.tensor_type.shape.dim[0].dim_value or 1
     if len(samples) < batch:
         raise ExportError(f"the input has a fixed batch of {batch}: give at least {batch} calibration images")
-    reader = _Batches(samples, graph_inputs[0].name, batch)  # the reader of the TensorRT Q/DQ file
-    oq.CalibrationDataReader.register(_Batches)  # a virtual subclass: quantize_static checks isinstance
+    reader = SampleBatches(samples, graph_inputs[0].name, batch)
+    oq.CalibrationDataReader.register(SampleBatches)  # a virtual subclass: quantize_static checks isinstance
     methods = {"minmax": oq.CalibrationMethod.MinMax, "entropy": oq.CalibrationMethod.Entropy,
                "percentile": oq.CalibrationMethod.Percentile}
     act = oq.QuantType.QUInt8 if settings.activation_type == "uint8" else oq.QuantType.QInt8
@@ -237,121 +148,79 @@ def quantize_model(model: onnx.ModelProto, output: Path, samples: Sequence[np.nd
         )
 
 
-def attention_matmuls(model: onnx.ModelProto, skip: set[str]) -> list[str]:
-    """The score MatMul before, and the MatMul after, each Softmax not in `skip`."""
-    producer, users = _graph_maps(model.graph)
-    found = []
-    for node in model.graph.node:
-        if node.op_type != "Softmax" or node.name in skip:
-            continue
-        before = producer.get(node.input[0])
-        found += [before.name] if before is not None and before.op_type == "MatMul" else []
-        found += [u.name for u in users.get(node.output[0], []) if u.op_type == "MatMul"]
-    return found
+def scheme_of(settings: Int8Settings) -> str:
+    """The quantization scheme in words, for the metadata and the summary."""
+    acts = f"{settings.activation_type} {'symmetric' if settings.activation_symmetric else 'asymmetric'} per-tensor"
+    weights = f"int8 symmetric {'per-channel' if settings.per_channel else 'per-tensor'}"
+    return f"Q/DQ, weights {weights}, activations {acts}, {settings.calibrate_method} calibration"
 
 
-def float_inputs_back(model: onnx.ModelProto, keep: set[str]) -> int:
-    """Give nodes that stay in float their float inputs back; returns how many inputs were rewired.
+def _read_source(source: Path, output: Path) -> tuple[onnx.ModelProto, ArtifactMetadata]:
+    from .onnxruntime import metadata_of
 
-    quantize_static shares one QuantizeLinear/DequantizeLinear pair among all consumers
-    of a tensor, so an excluded node whose input also feeds a quantized Conv still reads
-    the int8-rounded DequantizeLinear output: in every GLMix block the LayerNorm output
-    feeds the feature Conv and, through a Transpose and a Reshape, the L2 normalisation
-    and the clustering MatMul. `DedicatedQDQPair` does not help (it dedicates pairs to
-    quantized consumers only) and costs 8% more time for its extra QuantizeLinear nodes.
-    """
-    graph = model.graph
-    producer, users = _graph_maps(graph)
-    memo: dict[str, bool] = {}
-
-    def stays_float(node: onnx.NodeProto) -> bool:
-        """In `keep`, or shape plumbing whose every consumer stays in float."""
-        if node.name not in memo:
-            after = users.get(node.output[0], [])
-            memo[node.name] = node.name in keep or (
-                node.op_type in ("Transpose", "Reshape", "Squeeze", "Unsqueeze") and bool(after)
-                and all(stays_float(u) for u in after))
-        return memo[node.name]
-
-    inits = {t.name for t in graph.initializer}
-    rewired = 0
-    for node in graph.node:
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear") or not stays_float(node):
-            continue
-        for i, name in enumerate(node.input):
-            dq = producer.get(name)
-            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-            if q is not None and q.op_type == "QuantizeLinear" and q.input[0] not in inits:
-                node.input[i] = q.input[0]
-                rewired += 1
-    # Drop the pairs nothing reads any more (DequantizeLinear first, then its QuantizeLinear).
-    outputs = {o.name for o in graph.output}
-    for op in ("DequantizeLinear", "QuantizeLinear"):
-        read = {name for n in graph.node for name in n.input} | outputs
-        dead = [n for n in graph.node if n.op_type == op and n.output[0] not in read]
-        for n in dead:
-            graph.node.remove(n)
-    read = {name for n in graph.node for name in n.input}
-    for tensor in [t for t in graph.initializer if t.name not in read]:  # their scales and zero points
-        graph.initializer.remove(tensor)
-    return rewired
-
-
-def quantized_op_counts(model: onnx.ModelProto) -> dict[str, int]:
-    """Op type -> nodes (other than Q/DQ) that read at least one DequantizeLinear output."""
-    dq = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
-    return dict(Counter(n.op_type for n in model.graph.node
-                        if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and dq & set(n.input)))
-
-
-def quantize_onnxruntime_int8(onnx_path: str | Path, output_path: str | Path, calib: CalibrationSet | str | Path,
-                              keep_float: bool = True, progress: Progress | None = None,
-                              settings: Int8Settings = SETTINGS) -> OrtInt8Result:
-    """Write the int8 (QDQ) form of the glnet-export ONNX file `onnx_path` to `output_path`.
-
-    `calib` is a loaded CalibrationSet or a folder of images (preprocessed as the file's
-    metadata says). With `keep_float`, GLMix's clustering nodes are excluded from
-    quantization. Every metadata property is kept, with `precision` set to "int8".
-    """
-    say = progress or (lambda _msg: None)
-    source, output = Path(onnx_path), Path(output_path)
-    start = time.perf_counter()
-    notes: list[str] = []
     try:
         check_writable(output)
         model = read_onnx(source)
     except GlnetExportError as exc:
         raise ExportError(str(exc)) from None
-    props = {p.key: p.value for p in model.metadata_props}
-    try:
-        meta = ArtifactMetadata.from_props(props)
-    except MetadataError as exc:
-        raise ExportError(f"{source}: {exc}") from None
+    meta = metadata_of(model, source)
     if meta.precision != "fp32":
         raise ExportError(f"{source}: is already {meta.precision}; int8 starts from an fp32 file")
+    if meta.runtime_only is not None:
+        raise ExportError(f"{source} is {meta.runtime_only}-targeted; int8 starts from the portable ONNX")
+    return model, meta
+
+
+def quantize_onnxruntime_int8(onnx_path: str | Path, output_path: str | Path | None, calib: CalibrationSet | str | Path,
+                              calib_count: int = DEFAULT_COUNT, keep_float: bool = True,
+                              progress: Progress | None = None, settings: Int8Settings = SETTINGS) -> OrtInt8Result:
+    """Write the int8 (QDQ) form of the portable glnet-export ONNX file `onnx_path` to `output_path`
+    (default: NAME_ort_int8.onnx beside it).
+
+    `calib` is a loaded CalibrationSet or a folder of images (up to `calib_count` of them,
+    preprocessed as the file's metadata says; at three sizes for a dynamic-shape file).
+    With `keep_float`, GLMix's clustering nodes are excluded from quantization. The
+    metadata is the source's with precision int8, target onnxruntime and `quantization`
+    saying what was quantized.
+    """
+    from .onnxruntime import TARGET, default_output
+    from .openvino import calibration_sizes
+    from .passes import ONNXRUNTIME_REQUIRES
+
+    say = progress or (lambda _msg: None)
+    source = Path(onnx_path)
+    output = Path(output_path) if output_path is not None else default_output(source, precision="int8")
+    if output.resolve() == source.resolve():
+        raise ExportError(f"{output}: would overwrite the fp32 source; choose another -o")
+    start = time.perf_counter()
+    notes: list[str] = []
+    model, meta = _read_source(source, output)
     if not isinstance(calib, CalibrationSet):
+        say(f"reading calibration images from {calib}")
         try:
-            calib = load_calibration(calib, meta)
+            calib = load_calibration(calib, meta, count=calib_count, sizes=calibration_sizes(meta))
         except GlnetExportError as exc:
             raise ExportError(f"calibration: {exc}") from None
     if not calib.samples:
         raise ExportError(f"no usable calibration images in {calib.folder}")
     if calib.skipped:
-        notes.append(f"{len(calib.skipped)} calibration files skipped (unreadable)")
+        notes.append(f"skipped {len(calib.skipped)} unreadable calibration file(s), e.g. {calib.skipped[0]}")
+    if len(calib) < 50:
+        notes.append(f"only {len(calib)} calibration images; 100-300 give steadier ranges")
     for i, node in enumerate(model.graph.node):  # nodes_to_exclude works by name
         node.name = node.name or f"unnamed_{node.op_type}_{i}"
 
+    passes: dict[str, int] = {}
     if settings.fuse_layer_norms:
         # One LayerNormalization node runs faster here than the ~10 elementwise nodes the
         # deploy form spells out (export.passes.layer_norm): int8 CPU time 0.67 vs 0.70 of fp32.
-        fused = fuse_channel_layer_norms(model)
-        if fused:
-            notes.append(f"{fused} spelled-out channel LayerNorms fused into LayerNormalization")
+        passes["layer_norm"] = fuse_channel_layer_norms(model)
     glmix = find_sensitive_nodes(model)
     sensitive = glmix if keep_float else SensitiveNodes()
     if keep_float and not sensitive.logits_matmuls:
         notes.append("no GLMix logits MatMul found: nothing is kept in float")
-    exclude = sensitive.names + (attention_matmuls(model, set(glmix.softmaxes)) if settings.float_attention else [])
+    attention = attention_matmuls(model, set(glmix.softmaxes)) if settings.float_attention else []
+    exclude = sensitive.names + attention
     say(f"calibrating on {len(calib)} images and quantizing (keeping {sensitive.describe()} in float)")
     with atomic_outputs(output) as (temp,):
         try:
@@ -364,15 +233,28 @@ def quantize_onnxruntime_int8(onnx_path: str | Path, output_path: str | Path, ca
         if keep_float:
             rewired = float_inputs_back(quantized, set(sensitive.names))
             notes.append(f"{rewired} inputs of float nodes read the float tensor, not its int8 copy")
-        del quantized.metadata_props[:]
-        for key, value in {**props, "precision": "int8"}.items():
-            quantized.metadata_props.add(key=key, value=value)
+        kept = [sensitive.describe()] if keep_float else []
+        kept += [f"{len(attention)} slot-attention MatMuls"] if attention else []
+        if settings.op_types:
+            kept += [f"every op but {', '.join(settings.op_types)} (Add, GELU, LayerNorm, Softmax: no int8 "
+                     "kernels worth their Q/DQ in onnxruntime's CPU provider)"]
+        import onnxruntime
+
+        meta = dataclasses.replace(
+            meta, precision="int8", target=TARGET, requires=ONNXRUNTIME_REQUIRES, graph_passes=passes,
+            quantization=Quantization(
+                tool=f"onnxruntime.quantization.quantize_static {onnxruntime.__version__}", scheme=scheme_of(settings),
+                quantized_ops=quantized_op_counts(quantized, *([settings.op_types] if settings.op_types else [])),
+                kept_float="; ".join(kept),
+                calibration_images=len(calib)))
+        set_metadata(quantized, meta)
         quantized.doc_string = (model.doc_string + " (int8 QDQ for onnxruntime)").strip()
         say(f"writing {output}")
         onnx.save_model(quantized, str(temp))
     ops = Counter(n.op_type for n in quantized.graph.node)
+    assert meta.quantization is not None
     return OrtInt8Result(
-        path=output, source=source, qdq_nodes=ops["QuantizeLinear"] + ops["DequantizeLinear"],
-        quantized_ops=quantized_op_counts(quantized), kept_float=sensitive, calibration_images=len(calib),
+        path=output, source=source, metadata=meta, qdq_nodes=ops["QuantizeLinear"] + ops["DequantizeLinear"],
+        quantized_ops=meta.quantization.quantized_ops, kept_float=sensitive, calibration_images=len(calib),
         seconds=time.perf_counter() - start, excluded=exclude, notes=notes,
     )

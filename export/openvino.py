@@ -30,7 +30,7 @@ from runtimes.openvino import RT_INFO_KEY, OpenVinoRunner, import_openvino
 
 from .onnx import MIN_SIDE, OnnxExportOptions
 from .onnxruntime import metadata_of, refuse_runtime_only
-from .openvino_int8 import count_fake_quantize, quantize_int8
+from .openvino_int8 import count_fake_quantize, quantization_record, quantize_int8
 from .passes.openvino_fold import fold_residual_depthwise_ov
 from .verify import VerifyOptions, verify_runner
 
@@ -157,9 +157,11 @@ def convert_openvino(
         raise ExportError(f"openvino.convert_model failed: {one_line(exc)}") from exc
     notes: list[str] = []
     kept, summary = [], ""
+    quantization = None
     if calib is not None:
         say(f"quantizing to int8 with NNCF on {len(calib)} images")
         model, sensitive = quantize_int8(model, calib.samples, keep_float=options.keep_float)
+        quantization = quantization_record(model, sensitive, options.keep_float, len(calib))
         kept, summary = sensitive.names, sensitive.describe() if options.keep_float else "none (--no-keep-float)"
         if options.keep_float and not sensitive.logits_matmuls:
             notes.append("found no GLMix clustering nodes to keep in float (graph layout changed?)")
@@ -176,7 +178,8 @@ def convert_openvino(
         else:  # fp16 weights would round the folded 1 + w; int8 kernels are quantized
             notes.append(f"--compute f32 with {options.precision} weights: the residual convolutions stay unfolded")
     meta = dataclasses.replace(meta, precision=options.precision, target="openvino",
-                               compute_precision="f32" if options.compute == "f32" else "", graph_passes=passes)
+                               compute_precision="f32" if options.compute == "f32" else "", graph_passes=passes,
+                               quantization=quantization)
     for key, value in meta.to_props().items():
         model.set_rt_info(value, [RT_INFO_KEY, key])
     say(f"writing {xml} and {bin_path(xml).name}")

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from glnet_export.errors import ExportError, one_line
+from glnet_export.metadata import Quantization
 
 # Nodes between an L2 normalisation and the logits MatMul: shape plumbing and the temperature.
 _PASS_THROUGH = frozenset({"Broadcast", "Reshape", "Transpose", "Multiply", "Convert", "Unsqueeze", "Squeeze"})
@@ -143,3 +144,26 @@ def quantize_int8(model: Any, samples: list[np.ndarray], keep_float: bool = True
 
 def count_fake_quantize(model: Any) -> int:
     return sum(op.get_type_name() == "FakeQuantize" for op in model.get_ordered_ops())
+
+
+def quantized_op_counts(model: Any) -> dict[str, int]:
+    """Op type -> convolutions and MatMuls that compute in int8: both operands (data and weight,
+    or A and B) come from FakeQuantize nodes, which the CPU plugin turns into integer kernels."""
+    counts: dict[str, int] = {}
+    for op in model.get_ordered_ops():
+        if op.get_type_name() not in ("Convolution", "GroupConvolution", "MatMul"):
+            continue
+        if all(_producer(op, i).get_type_name() == "FakeQuantize" for i in range(2)):
+            counts[op.get_type_name()] = counts.get(op.get_type_name(), 0) + 1
+    return counts
+
+
+def quantization_record(model: Any, sensitive: SensitiveNodes, keep_float: bool, images: int) -> Quantization:
+    """What `quantize_int8` did, for the IR's metadata."""
+    nncf = _nncf()
+    kept = sensitive.describe() if keep_float else "nothing kept on purpose (--no-keep-float)"
+    return Quantization(
+        tool=f"nncf.quantize {nncf.__version__}, ModelType.TRANSFORMER",
+        scheme="FakeQuantize, weights int8 symmetric per-channel, activations 8-bit per-tensor (NNCF's mixed "
+               "preset), SmoothQuant",
+        quantized_ops=quantized_op_counts(model), kept_float=kept, calibration_images=images)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +30,7 @@ import numpy as np
 import onnx
 
 from glnet_export.atomic import atomic_outputs, check_writable
+from glnet_export.calibration import SampleBatches
 from glnet_export.errors import ExportError, OptionError, one_line
 from glnet_export.metadata import ArtifactMetadata, MetadataError
 from glnet_export.onnx_file import read_onnx, set_metadata
@@ -203,18 +204,6 @@ def to_fp16(model: onnx.ModelProto, keep: Iterable[str]) -> onnx.ModelProto:
     return converted
 
 
-class _Batches:
-    """onnxruntime CalibrationDataReader over preprocessed 1 x 3 x H x W samples, `batch` at a time."""
-
-    def __init__(self, samples: Sequence[np.ndarray], input_name: str, batch: int) -> None:
-        self._batches: Iterator[dict[str, np.ndarray]] = (
-            {input_name: np.concatenate(samples[i : i + batch])} for i in range(0, len(samples) - batch + 1, batch)
-        )
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._batches, None)
-
-
 def calibration_samples(source: Path | Sequence[Path], meta: ArtifactMetadata, limit: int) -> list[np.ndarray]:
     """Preprocessed images from a folder (`glnet_export.calibration`) or from a list of paths."""
     from glnet_export.calibration import load_calibration
@@ -235,7 +224,7 @@ def to_int8_qdq(model: onnx.ModelProto, output: Path, samples: Sequence[np.ndarr
     batch = model.graph.input[0].type.tensor_type.shape.dim[0].dim_value or 1
     if len(samples) < batch:
         raise OptionError(f"the input has a fixed batch of {batch}: give at least {batch} calibration images")
-    reader = _Batches(samples, model.graph.input[0].name, batch)
+    reader = SampleBatches(samples, model.graph.input[0].name, batch)
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
     root = logging.getLogger()  # quantize_static warns on the root logger ("consider pre-processing")

@@ -4,7 +4,7 @@ deployed model sees."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,3 +73,16 @@ def load_calibration(
         raise CalibrationError(f"no usable images in {folder}{detail}; supported: "
                                f"{', '.join(sorted(IMAGE_SUFFIXES))}")
     return result
+
+
+class SampleBatches:
+    """Preprocessed 1 x 3 x H x W samples fed `batch` at a time, as onnxruntime's CalibrationDataReader
+    is fed (`get_next`); duck-typed so this module needs no onnxruntime."""
+
+    def __init__(self, samples: Sequence[np.ndarray], input_name: str, batch: int) -> None:
+        self._batches: Iterator[dict[str, np.ndarray]] = (
+            {input_name: np.concatenate(samples[i : i + batch])} for i in range(0, len(samples) - batch + 1, batch)
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)

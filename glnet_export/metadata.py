@@ -25,6 +25,21 @@ class MetadataError(GlnetExportError, ValueError):
     """The artifact's metadata is missing or unreadable."""
 
 
+@dataclass(frozen=True)
+class Quantization:
+    """What an int8 file quantized and how, so an app (and `glnet-export bench`) can say it."""
+
+    tool: str  # e.g. "onnxruntime.quantization.quantize_static 1.32.0", "nncf 3.4.0"
+    scheme: str  # weights and activations: types, symmetry, granularity, calibration method
+    quantized_ops: dict[str, int] = field(default_factory=dict)  # op type -> nodes that compute in int8
+    kept_float: str = ""  # what stayed in float on purpose, in words
+    calibration_images: int = 0
+
+    def describe(self) -> str:
+        ops = ", ".join(f"{count} {op}" for op, count in sorted(self.quantized_ops.items(), key=lambda kv: -kv[1]))
+        return f"{ops or 'nothing'} in int8 ({self.scheme}); float: {self.kept_float or 'nothing else'}"
+
+
 @dataclass
 class ArtifactMetadata:
     model: str
@@ -61,6 +76,8 @@ class ArtifactMetadata:
     # OpenVINO: the compute precision the IR was built for ("f32": residual fold applied,
     # ask the device for f32); "" = the device's own choice.
     compute_precision: str = ""
+    quantization: Quantization | None = None  # int8 files only
+
 
     @property
     def runtime_only(self) -> str | None:
@@ -71,6 +88,8 @@ class ArtifactMetadata:
         props = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if isinstance(value, Quantization):
+                value = dataclasses.asdict(value)
             props[f.name] = value if isinstance(value, str) else json.dumps(value)
         return props
 
@@ -90,6 +109,11 @@ class ArtifactMetadata:
                 value = json.loads(raw)
             except json.JSONDecodeError as exc:
                 raise MetadataError(f"metadata field {f.name!r} is not valid JSON: {raw[:60]!r}") from exc
+            if f.name == "quantization" and value is not None:
+                try:
+                    value = Quantization(**value)
+                except TypeError as exc:
+                    raise MetadataError(f"metadata field 'quantization' is incomplete: {exc}") from exc
             kwargs[f.name] = tuple(value) if isinstance(value, list) else value
         try:
             return cls(**kwargs)

@@ -289,7 +289,7 @@ def test_cli_bench_ctrl_c_prints_what_was_measured(tmp_path: Path, monkeypatch: 
 
 
 def test_benchmark_end_to_end(tmp_path: Path) -> None:
-    formats = "pytorch,onnxruntime,onnxruntime-target,openvino-fp32,openvino-int8,tensorrt-fp32"
+    formats = "pytorch,onnxruntime,onnxruntime-target,onnxruntime-int8,openvino-fp32,openvino-int8,tensorrt-fp32"
     result = CliRunner().invoke(app, ["benchmark", "--model", TINY, "--input-size", "64", "--iters", "1",
                                       "--threads", "2", "--formats", formats, "--json", str(tmp_path / "b.json")])
     data = load_report(tmp_path / "b.json")
@@ -301,6 +301,9 @@ def test_benchmark_end_to_end(tmp_path: Path) -> None:
         assert onnx["status"] == "ok" and onnx["top1"] == 1.0 and onnx["max_rel"] < 1e-4 and onnx["size_bytes"] > 0
         assert onnx["photo_samples"] > 0 and onnx["p50_ms"] > 0 and onnx["throughput"] > 0
     assert rows["onnxruntime-target"]["path"].endswith("_ort.onnx")
+    int8 = rows["onnxruntime-int8"]
+    assert int8["status"] == "ok" and int8["precision"] == "int8" and int8["path"].endswith("_ort_int8.onnx"), int8
+    assert int8["top1"] is not None and int8["p50_ms"] > 0
     for fmt in ("openvino-fp32", "openvino-int8"):  # OpenVINO and NNCF come with the dev extras: they must run
         assert rows[fmt]["status"] == "ok", rows[fmt]
         assert rows[fmt]["precision"] == fmt.split("-")[1] and rows[fmt]["top1"] is not None, rows[fmt]

@@ -317,15 +317,16 @@ def test_one_line_dynamic_export_of_glnet_4g_deploy_form(glnet_4g: glnet.GLNet, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dynamic", ["none", "batch", "shape"])
-def test_glnet_4g_export_each_dynamic_mode(dynamic: str, glnet_4g: glnet.GLNet, tmp_path: Path) -> None:
-    path = tmp_path / f"g4_{dynamic}.onnx"
-    result = export_onnx(glnet_4g, path, OnnxExportOptions(dynamic=dynamic))
+def test_glnet_4g_dynamic_shape_export_is_right_at_every_verified_shape(glnet_4g: glnet.GLNet, tmp_path: Path) -> None:
+    # Full size for the mode the traps are about (other resolutions, FIELD_NOTES trap 3);
+    # the fixed and dynamic-batch modes are covered on glnet_tiny above, which keeps the
+    # suite inside CI's 20 minutes (each glnet_4g export costs 25-40 s on 2 cores).
+    path = tmp_path / "g4_shape.onnx"
+    result = export_onnx(glnet_4g, path, OnnxExportOptions(dynamic="shape"))
     assert result.simplified
     report = verify_onnx(path, glnet_4g, VerifyOptions(threads=2, max_photos=4))
     assert report.passed, report.results
-    expected = {"none": 1, "batch": 2, "shape": 4}[dynamic]
-    assert len(report.results) == expected
+    assert len(report.results) == 4
 
 
 def test_written_artifacts_get_the_usual_file_mode(tmp_path: Path) -> None:

@@ -17,7 +17,8 @@ from PIL import Image
 
 import glnet
 from export.onnx import export_onnx
-from export.onnxruntime_int8 import OrtInt8Result, find_sensitive_nodes, quantize_onnxruntime_int8
+from export.onnx_int8_nodes import find_sensitive_nodes
+from export.onnxruntime_int8 import OrtInt8Result, quantize_onnxruntime_int8
 from glnet.testing import perturb_weights_
 from glnet_export.calibration import load_calibration
 from glnet_export.errors import ExportError
@@ -117,11 +118,68 @@ def test_int8_has_qdq_and_keeps_glmix_clustering_in_float(int8: OrtInt8Result) -
         assert not dequantized & set(by_name[name].input), f"{name} reads a DequantizeLinear output"
 
 
-def test_int8_keeps_metadata_with_precision_int8(int8: OrtInt8Result, fp32_onnx: Path) -> None:
+def test_int8_metadata_says_what_is_quantized(int8: OrtInt8Result, fp32_onnx: Path) -> None:
     before = {p.key: p.value for p in onnx.load(fp32_onnx).metadata_props}
     after = {p.key: p.value for p in onnx.load(int8.path).metadata_props}
-    assert after == {**before, "precision": "int8"}
-    assert int8.calibration_images == 16
+    changed = {"precision", "target", "requires", "graph_passes", "quantization"}
+    assert {k: v for k, v in after.items() if k not in changed} == {k: v for k, v in before.items() if k not in changed}
+    meta = ArtifactMetadata.from_props(after)  # what an app reads back from the file
+    assert (meta.precision, meta.target, meta.requires) == ("int8", "onnxruntime", "onnxruntime>=1.20")
+    q = meta.quantization
+    assert q is not None and q.calibration_images == int8.calibration_images == 16
+    assert q.quantized_ops == int8.quantized_ops and q.quantized_ops["Conv"] > 0
+    assert q.tool.startswith("onnxruntime.quantization.quantize_static ")
+    assert "per-channel" in q.scheme and "uint8 asymmetric" in q.scheme
+    assert "logits MatMul" in q.kept_float and "Softmax" in q.kept_float
+
+
+def test_other_back_ends_refuse_the_int8_file_in_one_line(int8: OrtInt8Result, calib_dir: Path,
+                                                          tmp_path: Path) -> None:
+    pytest.importorskip("openvino")
+    from export.openvino import convert_openvino
+
+    with pytest.raises(ExportError, match="onnxruntime-only file.*portable ONNX") as info:
+        convert_openvino(int8.path, tmp_path / "x.xml")
+    assert "\n" not in str(info.value)
+    _assert_fails_cleanly(int8.path, calib_dir, tmp_path / "again.onnx", "already int8")
+
+
+def test_ort_command_writes_int8_verified_against_pytorch(fp32_onnx: Path, calib_dir: Path, tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from glnet_export.cli import app
+
+    out = tmp_path / "cli_int8.onnx"
+    result = CliRunner().invoke(app, ["ort", str(fp32_onnx), "--precision", "int8", "--calib", str(calib_dir),
+                                      "-o", str(out), "--threads", "2", "--json", "-"])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["verification"]["passed"] is True and report["verification"]["precision"] == "int8"
+    assert report["export"]["metadata"]["quantization"]["quantized_ops"]["Conv"] > 0
+    text = CliRunner().invoke(app, ["ort", str(fp32_onnx), "--precision", "int8", "--calib", str(calib_dir),
+                                    "-o", str(tmp_path / "t.onnx"), "--no-verify"])
+    assert text.exit_code == 0, text.stderr
+    assert "Conv" in text.stdout and "calibration" in text.stdout and "16 images" in text.stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--precision", "int8"], "needs --calib DIR"),
+    (["--precision", "int4", "--calib", "."], "--precision must be one of fp32, int8"),
+    (["--calib", "."], "--calib is for --precision int8"),
+    (["--precision", "int8", "--calib", ".", "--format", "ort"], "writes ONNX only"),
+])
+def test_ort_command_int8_option_errors_are_one_line(fp32_onnx: Path, tmp_path: Path, args: list[str],
+                                                     message: str) -> None:
+    from typer.testing import CliRunner
+
+    from glnet_export.cli import app
+
+    result = CliRunner().invoke(app, ["ort", str(fp32_onnx), "-o", str(tmp_path / "x.onnx"), *args])
+    assert result.exit_code != 0 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
 
 
 def _assert_fails_cleanly(source: Path, calib: Path, out: Path, match: str) -> None:

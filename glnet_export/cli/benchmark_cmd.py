@@ -51,8 +51,8 @@ def benchmark(
     batch: Annotated[int, typer.Option(help="Batch size timed.")] = 1,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: the runtimes').")] = None,
     formats: Annotated[str | None, typer.Option(help="Comma-separated subset of: pytorch, onnxruntime, "
-                                                "onnxruntime-target, openvino-fp32, openvino-auto, openvino-fp16, "
-                                                "openvino-int8, tensorrt-fp32, "
+                                                "onnxruntime-target, onnxruntime-int8, openvino-fp32, openvino-auto, "
+                                                "openvino-fp16, openvino-int8, tensorrt-fp32, "
                                                 "tensorrt-fp16, tensorrt-int8 (default: all).")] = None,
     calib: Annotated[Path | None, typer.Option("--calib", help="int8 calibration images (default: the sample "
                                                "photographs, too few for a real deployment).")] = None,

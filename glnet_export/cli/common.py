@@ -106,3 +106,20 @@ def human_bytes(n: int) -> str:
             return f"{size:.1f} {unit}" if unit != "B" else f"{n} B"
         size /= 1024
     return f"{n} B"
+
+
+def reference_for(source: Path, meta: Any, checkpoint: Path | None, use_ema: bool) -> Any:
+    """PyTorch rebuilt from the metadata and --checkpoint; else the source ONNX itself."""
+    if checkpoint is None:
+        why = "random weights cannot be rebuilt" if meta.random_weights else "no --checkpoint given"
+        err.print(f"[yellow]note:[/] verifying against {source} in onnxruntime ({why}); "
+                  "that file was itself verified against PyTorch when exported")
+        return source
+    import glnet
+    from export.verify import VerifyError
+    from glnet.checkpoint import checkpoint_sha256
+
+    if meta.checkpoint_sha256 and checkpoint_sha256(checkpoint) != meta.checkpoint_sha256:
+        raise VerifyError(f"{checkpoint} is not the checkpoint {source} was exported from "
+                          f"(sha256 {meta.checkpoint_sha256[:12]}... expected)")
+    return glnet.create_model(meta.model, checkpoint=checkpoint, num_classes=meta.num_classes, use_ema=use_ema)

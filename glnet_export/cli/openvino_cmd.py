@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import checked_output, err, fail, handle_errors, human_bytes, out, write_json
+from .common import checked_output, err, fail, handle_errors, human_bytes, out, reference_for, write_json
 from .render import verification_table
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ def openvino(
         else:
             assert source is not None
             # The reference first: a wrong --checkpoint fails before the IR is written.
-            reference = _reference_for(source, read_onnx_metadata(source), checkpoint, use_ema) if verify else None
+            reference = reference_for(source, read_onnx_metadata(source), checkpoint, use_ema) if verify else None
             result = convert_openvino(source, output, options, progress=status.update)
         verification = None
         if verify:
@@ -130,23 +130,6 @@ def _build_model(name: str, checkpoint: Path | None, num_classes: int, use_ema: 
     return net, load_checkpoint(net, checkpoint, use_ema=use_ema).sha256
 
 
-def _reference_for(source: Path, meta: Any, checkpoint: Path | None, use_ema: bool) -> Any:
-    """PyTorch rebuilt from the metadata and --checkpoint; else the source ONNX itself."""
-    if checkpoint is None:
-        why = "random weights cannot be rebuilt" if meta.random_weights else "no --checkpoint given"
-        err.print(f"[yellow]note:[/] verifying against {source} in onnxruntime ({why}); "
-                  "that file was itself verified against PyTorch when exported")
-        return source
-    import glnet
-    from export.verify import VerifyError
-    from glnet.checkpoint import checkpoint_sha256
-
-    if meta.checkpoint_sha256 and checkpoint_sha256(checkpoint) != meta.checkpoint_sha256:
-        raise VerifyError(f"{checkpoint} is not the checkpoint {source} was exported from "
-                          f"(sha256 {meta.checkpoint_sha256[:12]}... expected)")
-    return glnet.create_model(meta.model, checkpoint=checkpoint, num_classes=meta.num_classes, use_ema=use_ema)
-
-
 def _summary(result: OpenVinoResult, source: Path | None, checkpoint: Path | None,
              verification: OpenVinoVerification | None) -> Table:
     meta = result.metadata
@@ -163,8 +146,10 @@ def _summary(result: OpenVinoResult, source: Path | None, checkpoint: Path | Non
     table.add_row("input", escape(f"{meta.input_name} float32, dynamic {meta.dynamic}, {h}x{w}"))
     table.add_row("precision", f"IR stores {result.precision}" + _runs_as(verification))
     if result.precision == "int8":
-        table.add_row("int8", f"{result.int8_nodes} FakeQuantize nodes from {result.calib_images} calibration "
-                              f"images; kept in float: {result.kept_float_summary}")
+        q = meta.quantization
+        ops = ", ".join(f"{n} {op}" for op, n in sorted(q.quantized_ops.items(), key=lambda kv: -kv[1])) if q else ""
+        table.add_row("int8", f"{ops} in int8 ({result.int8_nodes} FakeQuantize nodes from {result.calib_images} "
+                              f"calibration images); kept in float: {result.kept_float_summary}")
     table.add_row("compute", _compute(result))
     table.add_row("nodes", str(result.nodes))
     table.add_row("time", f"{result.seconds:.1f} s")
