@@ -1,6 +1,6 @@
 """int8 against the float files it replaces, in one run: OpenVINO int8 / bf16 and onnxruntime int8 / fp32.
 
-    python -m bench.int8 [--model glnet_4g] [--batch 1 8] [--rounds 8] [--trt] [--wait-idle 60]
+    python -m bench.int8 [--model glnet_4g] [--batch 1 8] [--rounds 16] [--trt] [--wait-idle 60]
 
 The files as shipped, loaded as an app loads them (runtimes.load, within 3% of the bare API:
 bench.artifact_speed): the portable ONNX, its onnxruntime-targeted form and its int8 form
@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--model", default="glnet_4g")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--rounds", type=int, default=8, help="alternating rounds per batch (at batch > 1: half)")
+    parser.add_argument("--rounds", type=int, default=16, help="alternating rounds per batch (at batch > 1: half)")
     parser.add_argument("--crops", type=int, default=9, help="crops per photograph (bench.targets' samples)")
     parser.add_argument("--trt", action="store_true", help="also time the TensorRT Q/DQ file in onnxruntime")
     parser.add_argument("--json", type=Path, default=Path("bench-int8.json"))
