@@ -172,8 +172,11 @@ def float_inputs_back(model: onnx.ModelProto, keep: set[str]) -> int:
     return rewired
 
 
-def quantized_op_counts(model: onnx.ModelProto, op_types: tuple[str, ...] = ("Conv", "MatMul", "Gemm")
-                        ) -> dict[str, int]:
+# The op types onnxruntime's CPU provider has integer kernels for (QLinearConv, MatMulInteger...).
+INTEGER_KERNEL_OPS = ("Conv", "MatMul", "Gemm")
+
+
+def quantized_op_counts(model: onnx.ModelProto, op_types: tuple[str, ...] = INTEGER_KERNEL_OPS) -> dict[str, int]:
     """Op type -> nodes that compute in int8: nodes of `op_types` (the ones onnxruntime has
     integer kernels for) whose two operands (data and weight, or A and B) are both
     DequantizeLinear outputs. A float Add reading dequantized tensors does not count: with

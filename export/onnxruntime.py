@@ -49,13 +49,18 @@ def metadata_of(proto: onnx.ModelProto, where: str | Path) -> ArtifactMetadata:
         raise ExportError(f"{where}: {exc}; export it with `glnet-export onnx` first") from None
 
 
+def check_portable_fp32(meta: ArtifactMetadata, where: str | Path) -> None:
+    """One clear line unless `meta` is a portable fp32 file's: what `ort` rewrites and quantizes."""
+    if meta.precision != "fp32":
+        raise ExportError(f"{where} is already {meta.precision}; start from the fp32 portable ONNX")
+    if meta.runtime_only is not None:
+        raise ExportError(f"{where} is already {meta.runtime_only}-targeted; start from the portable ONNX")
+
+
 def read_portable_metadata(source: str | Path) -> ArtifactMetadata:
     """The metadata of the portable fp32 file `source`, or one clear line why it is not one."""
     meta = metadata_of(read_onnx(source, load_external_data=False), source)
-    if meta.runtime_only is not None:
-        raise ExportError(f"{source} is already {meta.runtime_only}-targeted; start from the portable ONNX")
-    if meta.precision != "fp32":
-        raise ExportError(f"{source} is {meta.precision}; start from the fp32 portable ONNX")
+    check_portable_fp32(meta, source)
     return meta
 
 

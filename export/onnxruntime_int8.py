@@ -39,6 +39,7 @@ from glnet_export.metadata import ArtifactMetadata, Quantization
 from glnet_export.onnx_file import read_onnx, set_metadata
 
 from .onnx_int8_nodes import (
+    INTEGER_KERNEL_OPS,
     SensitiveNodes,
     attention_matmuls,
     find_sensitive_nodes,
@@ -160,7 +161,7 @@ def scheme_of(settings: Int8Settings) -> str:
 
 
 def _read_source(source: Path, output: Path) -> tuple[onnx.ModelProto, ArtifactMetadata]:
-    from .onnxruntime import metadata_of
+    from .onnxruntime import check_portable_fp32, metadata_of
 
     try:
         check_writable(output)
@@ -168,10 +169,7 @@ def _read_source(source: Path, output: Path) -> tuple[onnx.ModelProto, ArtifactM
     except GlnetExportError as exc:
         raise ExportError(str(exc)) from None
     meta = metadata_of(model, source)
-    if meta.precision != "fp32":
-        raise ExportError(f"{source}: is already {meta.precision}; int8 starts from an fp32 file")
-    if meta.runtime_only is not None:
-        raise ExportError(f"{source} is {meta.runtime_only}-targeted; int8 starts from the portable ONNX")
+    check_portable_fp32(meta, source)
     return model, meta
 
 
@@ -249,7 +247,7 @@ def quantize_onnxruntime_int8(onnx_path: str | Path, output_path: str | Path | N
             meta, precision="int8", target=TARGET, requires=ONNXRUNTIME_REQUIRES, graph_passes=passes,
             quantization=Quantization(
                 tool=f"onnxruntime.quantization.quantize_static {onnxruntime.__version__}", scheme=scheme_of(settings),
-                quantized_ops=quantized_op_counts(quantized, *([settings.op_types] if settings.op_types else [])),
+                quantized_ops=quantized_op_counts(quantized, settings.op_types or INTEGER_KERNEL_OPS),
                 kept_float="; ".join(kept),
                 calibration_images=len(calib)))
         set_metadata(quantized, meta)

@@ -35,9 +35,12 @@ class Quantization:
     kept_float: str = ""  # what stayed in float on purpose, in words
     calibration_images: int = 0
 
+    def ops_line(self) -> str:
+        """"176 Conv, 94 MatMul": the int8 op counts, largest first."""
+        return ", ".join(f"{count} {op}" for op, count in sorted(self.quantized_ops.items(), key=lambda kv: -kv[1]))
+
     def describe(self) -> str:
-        ops = ", ".join(f"{count} {op}" for op, count in sorted(self.quantized_ops.items(), key=lambda kv: -kv[1]))
-        return f"{ops or 'nothing'} in int8 ({self.scheme}); float: {self.kept_float or 'nothing else'}"
+        return f"{self.ops_line() or 'nothing'} in int8 ({self.scheme}); float: {self.kept_float or 'nothing else'}"
 
 
 @dataclass

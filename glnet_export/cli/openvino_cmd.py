@@ -146,8 +146,7 @@ def _summary(result: OpenVinoResult, source: Path | None, checkpoint: Path | Non
     table.add_row("input", escape(f"{meta.input_name} float32, dynamic {meta.dynamic}, {h}x{w}"))
     table.add_row("precision", f"IR stores {result.precision}" + _runs_as(verification))
     if result.precision == "int8":
-        q = meta.quantization
-        ops = ", ".join(f"{n} {op}" for op, n in sorted(q.quantized_ops.items(), key=lambda kv: -kv[1])) if q else ""
+        ops = meta.quantization.ops_line() if meta.quantization else ""
         table.add_row("int8", f"{ops} in int8 ({result.int8_nodes} FakeQuantize nodes from {result.calib_images} "
                               f"calibration images); kept in float: {result.kept_float_summary}")
     table.add_row("compute", _compute(result))

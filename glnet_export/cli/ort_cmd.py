@@ -89,9 +89,8 @@ def _int8(source: Path, output: Path | None, calib: Path, calib_count: int, keep
         report = _verify(result.path, reference, vopts, status.update)
     q = result.metadata.quantization
     assert q is not None
-    ops = ", ".join(f"{n} {op}" for op, n in sorted(q.quantized_ops.items(), key=lambda kv: -kv[1]))
     rows = {"file": escape(f"{result.path} ({human_bytes(result.path.stat().st_size)})"),
-            "int8": escape(f"{ops} ({q.scheme})"), "float": escape(q.kept_float or "nothing kept on purpose"),
+            "int8": escape(f"{q.ops_line()} ({q.scheme})"), "float": escape(q.kept_float or "nothing kept on purpose"),
             "calibration": f"{q.calibration_images} images from {escape(str(calib))}",
             "runs on": escape(f"onnxruntime ({result.metadata.requires or 'any release'})"),
             "time": f"{result.seconds:.1f} s"}
@@ -108,10 +107,9 @@ def _finish(result: Any, report: VerificationReport | None, rows: dict[str, str]
             json_path: Path | None) -> None:
     """The JSON or the summary table, then the verification verdict (non-zero exit on failure)."""
     write_json({"export": result, "verification": report}, json_path)
-    failed = f"verification FAILED: {result.path} was written but does not match {report and report.reference}"
     if json_path is not None and str(json_path) == "-":
         if report is not None and not report.passed:
-            raise fail(failed)
+            raise fail(f"verification FAILED: {result.path} was written but does not match {report.reference}")
         raise typer.Exit(0)
     table = Table(show_header=False, box=None, title=title, title_justify="left")
     table.add_column(style="bold")
@@ -126,6 +124,6 @@ def _finish(result: Any, report: VerificationReport | None, rows: dict[str, str]
         return
     out.print(verification_table(report))
     if not report.passed:
-        raise fail(failed)
+        raise fail(f"verification FAILED: {result.path} was written but does not match {report.reference}")
     out.print(f"[bold green]PASSED[/] {escape(str(result.path))} ({report.precision}) matches "
               f"{escape(str(report.reference))} at {len(report.results)} shape(s)")
