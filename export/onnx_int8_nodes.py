@@ -16,6 +16,8 @@ import onnx
 # Nodes between an L2 normalisation and the logits MatMul: shape plumbing and the temperature.
 _PASS_THROUGH = frozenset({"Mul", "Transpose", "Reshape", "Unsqueeze", "Squeeze", "Expand", "Cast"})
 _SEARCH_DEPTH = 6
+# Shape plumbing: float or int8 as its consumers are (onnxruntime moves Q/DQ across it).
+_PLUMBING = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze"})
 
 
 @dataclass
@@ -125,7 +127,7 @@ def attention_matmuls(model: onnx.ModelProto, skip: set[str]) -> list[str]:
     return found
 
 
-def float_inputs_back(model: onnx.ModelProto, keep: set[str]) -> int:
+def float_inputs_back(model: onnx.ModelProto, keep: set[str], quantized_types: tuple[str, ...] | None = None) -> int:
     """Give nodes that stay in float their float inputs back; returns how many inputs were rewired.
 
     quantize_static shares one QuantizeLinear/DequantizeLinear pair among all consumers
@@ -134,6 +136,11 @@ def float_inputs_back(model: onnx.ModelProto, keep: set[str]) -> int:
     feeds the feature Conv and, through a Transpose and a Reshape, the L2 normalisation
     and the clustering MatMul. `DedicatedQDQPair` does not help (it dedicates pairs to
     quantized consumers only) and costs 8% more time for its extra QuantizeLinear nodes.
+
+    With `quantized_types` (the op types given to quantize_static), every node of another
+    op type is float too: a residual Add whose input also feeds a quantized Conv then adds
+    the float tensor, not its int8 rounding, and its DequantizeLinear goes. A quantized
+    Conv's or MatMul's own output keeps its Q/DQ: that pair is the int8 kernel's output.
     """
     graph = model.graph
     producer, users = _graph_maps(graph)
@@ -143,9 +150,10 @@ def float_inputs_back(model: onnx.ModelProto, keep: set[str]) -> int:
         """In `keep`, or shape plumbing whose every consumer stays in float."""
         if node.name not in memo:
             after = users.get(node.output[0], [])
+            plumbing = node.op_type in _PLUMBING
             memo[node.name] = node.name in keep or (
-                node.op_type in ("Transpose", "Reshape", "Squeeze", "Unsqueeze") and bool(after)
-                and all(stays_float(u) for u in after))
+                quantized_types is not None and not plumbing and node.op_type not in quantized_types) or (
+                plumbing and bool(after) and all(stays_float(u) for u in after))
         return memo[node.name]
 
     inits = {t.name for t in graph.initializer}
@@ -156,7 +164,12 @@ def float_inputs_back(model: onnx.ModelProto, keep: set[str]) -> int:
         for i, name in enumerate(node.input):
             dq = producer.get(name)
             q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-            if q is not None and q.op_type == "QuantizeLinear" and q.input[0] not in inits:
+            source = producer.get(q.input[0]) if q is not None else None
+            # Not a quantized kernel's output: its QuantizeLinear is what makes onnxruntime fuse
+            # DQ -> Conv -> Q into one QLinearConv; reading past it puts the Conv back in float
+            # (1.37x the fp32 file's time, measured).
+            from_kernel = source is not None and source.op_type in (quantized_types or INTEGER_KERNEL_OPS)
+            if q is not None and q.op_type == "QuantizeLinear" and q.input[0] not in inits and not from_kernel:
                 node.input[i] = q.input[0]
                 rewired += 1
     # Drop the pairs nothing reads any more (DequantizeLinear first, then its QuantizeLinear).

@@ -118,6 +118,27 @@ def test_int8_has_qdq_and_keeps_glmix_clustering_in_float(int8: OrtInt8Result) -
         assert not dequantized & set(by_name[name].input), f"{name} reads a DequantizeLinear output"
 
 
+def test_float_ops_read_float_tensors_and_kernel_outputs_keep_their_qdq(int8: OrtInt8Result) -> None:
+    """A residual Add whose input also feeds a quantized Conv adds the float tensor, not its int8
+    rounding; a quantized Conv's own output keeps its Q -> DQ (onnxruntime's QLinearConv needs it)."""
+    model = onnx.load(int8.path)
+    producer = {o: n for n in model.graph.node for o in n.output}
+
+    def origin(name: str) -> str:
+        """The op type that produced the float tensor behind a DequantizeLinear(QuantizeLinear(x))."""
+        q = producer[producer[name].input[0]]
+        return producer[q.input[0]].op_type if q.op_type == "QuantizeLinear" and q.input[0] in producer else "-"
+
+    adds = [n for n in model.graph.node if n.op_type == "Add"]
+    dq_inputs = [i for n in adds for i in n.input if i in producer and producer[i].op_type == "DequantizeLinear"]
+    assert dq_inputs, "no Add reads a quantized Conv's output: the test no longer checks anything"
+    assert {origin(i) for i in dq_inputs} <= {"Conv", "MatMul", "-"}
+    conv_outputs = [u for n in model.graph.node if n.op_type == "Conv" for u in n.output]
+    users = {i for n in model.graph.node for i in n.input}
+    readers = {i: [n.op_type for n in model.graph.node if i in n.input] for i in conv_outputs if i in users}
+    assert all(ops == ["QuantizeLinear"] for ops in readers.values()), readers
+
+
 def test_int8_metadata_says_what_is_quantized(int8: OrtInt8Result, fp32_onnx: Path) -> None:
     before = {p.key: p.value for p in onnx.load(fp32_onnx).metadata_props}
     after = {p.key: p.value for p in onnx.load(int8.path).metadata_props}
