@@ -16,6 +16,8 @@ import onnx
 # Nodes between an L2 normalisation and the logits MatMul: shape plumbing and the temperature.
 _PASS_THROUGH = frozenset({"Mul", "Transpose", "Reshape", "Unsqueeze", "Squeeze", "Expand", "Cast"})
 _SEARCH_DEPTH = 6
+# The op types onnxruntime's CPU provider has integer kernels for (QLinearConv, MatMulInteger...).
+INTEGER_KERNEL_OPS = ("Conv", "MatMul", "Gemm")
 # Shape plumbing: float or int8 as its consumers are (onnxruntime moves Q/DQ across it).
 _PLUMBING = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze"})
 
@@ -184,9 +186,6 @@ def float_inputs_back(model: onnx.ModelProto, keep: set[str], quantized_types: t
         graph.initializer.remove(tensor)
     return rewired
 
-
-# The op types onnxruntime's CPU provider has integer kernels for (QLinearConv, MatMulInteger...).
-INTEGER_KERNEL_OPS = ("Conv", "MatMul", "Gemm")
 
 
 def quantized_op_counts(model: onnx.ModelProto, op_types: tuple[str, ...] = INTEGER_KERNEL_OPS) -> dict[str, int]:
