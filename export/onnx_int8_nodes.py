@@ -149,13 +149,16 @@ def float_inputs_back(model: onnx.ModelProto, keep: set[str], quantized_types: t
     memo: dict[str, bool] = {}
 
     def stays_float(node: onnx.NodeProto) -> bool:
-        """In `keep`, or shape plumbing whose every consumer stays in float."""
+        """In `keep`; shape plumbing whose every consumer stays in float; or, with
+        `quantized_types`, any other node of a type not in it."""
         if node.name not in memo:
-            after = users.get(node.output[0], [])
-            plumbing = node.op_type in _PLUMBING
-            memo[node.name] = node.name in keep or (
-                quantized_types is not None and not plumbing and node.op_type not in quantized_types) or (
-                plumbing and bool(after) and all(stays_float(u) for u in after))
+            if node.name in keep:
+                memo[node.name] = True
+            elif node.op_type in _PLUMBING:
+                after = users.get(node.output[0], [])
+                memo[node.name] = bool(after) and all(stays_float(u) for u in after)
+            else:
+                memo[node.name] = quantized_types is not None and node.op_type not in quantized_types
         return memo[node.name]
 
     inits = {t.name for t in graph.initializer}
@@ -185,7 +188,6 @@ def float_inputs_back(model: onnx.ModelProto, keep: set[str], quantized_types: t
     for tensor in [t for t in graph.initializer if t.name not in read]:  # their scales and zero points
         graph.initializer.remove(tensor)
     return rewired
-
 
 
 def quantized_op_counts(model: onnx.ModelProto, op_types: tuple[str, ...] = INTEGER_KERNEL_OPS) -> dict[str, int]:
