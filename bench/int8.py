@@ -5,7 +5,8 @@
 The files as shipped, loaded as an app loads them (runtimes.load, within 3% of the bare API:
 bench.artifact_speed): the portable ONNX, its onnxruntime-targeted form and its int8 form
 (`ort --precision int8`), the OpenVINO IR for the device's own precision (bf16 on a CPU with
-AMX) and its NNCF int8 IR; with --trt also export.precision's TensorRT Q/DQ file, timed in
+AMX), its NNCF int8 IR and the int8 IR whose depthwise convolutions stay float
+(`--no-int8-depthwise`); with --trt also export.precision's TensorRT Q/DQ file, timed in
 onnxruntime. Model, calibration crops and the 100 evaluation samples are bench.targets'
 (glnet_4g, weights perturbed to look trained; top-1 agreement with fp32 PyTorch). At each
 batch the candidates are timed in alternating blocks and a ratio is the median over rounds
@@ -43,6 +44,8 @@ from runtimes.torch import TorchRunner
 
 # (candidate, baseline, batch, limit)
 TARGETS = (("openvino int8", "openvino bf16", 1, 0.75), ("openvino int8", "openvino bf16", 8, 0.65),
+           ("openvino int8, depthwise float", "openvino bf16", 1, 0.75),
+           ("openvino int8, depthwise float", "openvino bf16", 8, 0.65),
            ("onnxruntime int8", "onnxruntime portable", 1, 0.60))
 
 
@@ -59,10 +62,12 @@ def build(model: glnet.GLNet, work: Path, crops: int, trt: bool) -> dict[str, Pa
     int8 = quantize_onnxruntime_int8(onnx, work / "m_ort_int8.onnx", calib)
     files["onnxruntime int8"] = int8.path
     say(f"onnxruntime int8 in {time.perf_counter() - start:.0f} s: {int8.metadata.quantization}")
-    for name, precision in (("openvino bf16", "fp32"), ("openvino int8", "int8")):
+    for name, precision, depthwise in (("openvino bf16", "fp32", True), ("openvino int8", "int8", True),
+                                       ("openvino int8, depthwise float", "int8", False)):
         start = time.perf_counter()
-        files[name] = convert_openvino(onnx, work / f"{precision}.xml",
-                                       OpenVinoOptions(precision=precision, calib_dir=calib)).xml
+        files[name] = convert_openvino(onnx, work / f"{precision}{'' if depthwise else '_dwfloat'}.xml",
+                                       OpenVinoOptions(precision=precision, calib_dir=calib,
+                                                       int8_depthwise=depthwise)).xml
         say(f"converted {name} in {time.perf_counter() - start:.0f} s")
     if trt:
         from export.precision import PrecisionOptions, write_precision_onnx

@@ -45,6 +45,7 @@ class OpenVinoOptions:
     calib_dir: Path | None = None  # int8: a folder of images
     calib_count: int = DEFAULT_COUNT  # int8: at most this many images (fewer if the folder has fewer)
     keep_float: bool = True  # int8: keep GLMix's normalisations, softmaxes and logits MatMul in float
+    int8_depthwise: bool = True  # int8: quantize the depthwise convolutions too (False: they stay float)
     # The compute precision the IR is built for. "auto": the device's own choice (bf16 on
     # CPUs with AVX512_BF16), graph as converted. "f32": the residual depthwise convolutions
     # are folded into their kernels (about 3% faster in f32, but the identity would round
@@ -160,9 +161,13 @@ def convert_openvino(
     quantization = None
     if calib is not None:
         say(f"quantizing to int8 with NNCF on {len(calib)} images")
-        model, sensitive = quantize_int8(model, calib.samples, keep_float=options.keep_float)
-        quantization = quantization_record(model, sensitive, options.keep_float, len(calib))
+        model, sensitive = quantize_int8(model, calib.samples, keep_float=options.keep_float,
+                                         depthwise=options.int8_depthwise)
+        quantization = quantization_record(model, sensitive, options.keep_float, len(calib),
+                                           depthwise=options.int8_depthwise)
         kept, summary = sensitive.names, sensitive.describe() if options.keep_float else "none (--no-keep-float)"
+        if not options.int8_depthwise:
+            summary += "; depthwise convolutions"
         if options.keep_float and not sensitive.logits_matmuls:
             notes.append("found no GLMix clustering nodes to keep in float (graph layout changed?)")
         if calib.skipped:

@@ -123,16 +123,22 @@ def _quiet_nncf() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def quantize_int8(model: Any, samples: list[np.ndarray], keep_float: bool = True) -> tuple[Any, SensitiveNodes]:
+def quantize_int8(model: Any, samples: list[np.ndarray], keep_float: bool = True,
+                  depthwise: bool = True) -> tuple[Any, SensitiveNodes]:
     """NNCF post-training int8 of an openvino.Model on calibration `samples` (1x3xHxW each).
 
     Returns the quantized model and the nodes kept in float (empty when `keep_float` is
     False). ModelType.TRANSFORMER: SmoothQuant and the transformer-aware placement of
-    quantizers (the attention softmax outputs stay in float).
+    quantizers (the attention softmax outputs stay in float). Without `depthwise` the
+    depthwise (grouped) convolutions get no FakeQuantize and run in the device's float
+    precision: they are memory-bound, so int8 gains little in them, while the quantize
+    steps around them cost time (README, "int8 on the CPU").
     """
     nncf = _nncf()
     sensitive = find_sensitive_nodes(model) if keep_float else SensitiveNodes()
-    scope = nncf.IgnoredScope(names=sensitive.names) if sensitive.names else None
+    types = [] if depthwise else ["GroupConvolution"]
+    scope = nncf.IgnoredScope(names=sensitive.names, types=types) \
+        if sensitive.names or types else None
     try:
         with _quiet_nncf():
             quantized = nncf.quantize(model, nncf.Dataset(samples), model_type=nncf.ModelType.TRANSFORMER,
@@ -146,22 +152,46 @@ def count_fake_quantize(model: Any) -> int:
     return sum(op.get_type_name() == "FakeQuantize" for op in model.get_ordered_ops())
 
 
+_INT8_TYPES = ("i8", "u8")
+_LAYOUT_OPS = frozenset({"Transpose", "Reshape"})
+
+
+def _is_int8_operand(node: Any) -> bool:
+    """Whether `node` feeds an int8 value: a FakeQuantize (activations), or the dequantize
+    chain NNCF stores a compressed weight as (int8 Constant -> Convert -> [Subtract] ->
+    Multiply), either seen through layout-only Transpose / Reshape nodes."""
+    while node.get_type_name() in _LAYOUT_OPS:
+        node = _producer(node, 0)
+    if node.get_type_name() == "FakeQuantize":
+        return True
+    for expected in ("Multiply", "Subtract"):
+        if node.get_type_name() == expected:
+            node = _producer(node, 0)
+    if node.get_type_name() != "Convert":
+        return False
+    source = _producer(node, 0)
+    return source.get_type_name() == "Constant" and source.get_output_element_type(0).get_type_name() in _INT8_TYPES
+
+
 def quantized_op_counts(model: Any) -> dict[str, int]:
     """Op type -> convolutions and MatMuls that compute in int8: both operands (data and weight,
-    or A and B) come from FakeQuantize nodes, which the CPU plugin turns into integer kernels."""
+    or A and B) are int8 values, which the CPU plugin turns into integer kernels."""
     counts: dict[str, int] = {}
     for op in model.get_ordered_ops():
         if op.get_type_name() not in ("Convolution", "GroupConvolution", "MatMul"):
             continue
-        if all(_producer(op, i).get_type_name() == "FakeQuantize" for i in range(2)):
+        if all(_is_int8_operand(_producer(op, i)) for i in range(2)):
             counts[op.get_type_name()] = counts.get(op.get_type_name(), 0) + 1
     return counts
 
 
-def quantization_record(model: Any, sensitive: SensitiveNodes, keep_float: bool, images: int) -> Quantization:
+def quantization_record(model: Any, sensitive: SensitiveNodes, keep_float: bool, images: int,
+                        depthwise: bool = True) -> Quantization:
     """What `quantize_int8` did, for the IR's metadata."""
     nncf = _nncf()
     kept = sensitive.describe() if keep_float else "nothing kept on purpose (--no-keep-float)"
+    if not depthwise:
+        kept += "; depthwise convolutions (--no-int8-depthwise)"
     return Quantization(
         tool=f"nncf.quantize {nncf.__version__}, ModelType.TRANSFORMER",
         scheme="FakeQuantize, weights int8 symmetric per-channel, activations 8-bit per-tensor (NNCF's mixed "

@@ -181,6 +181,9 @@ def test_int8_of_a_trained_model_keeps_top1_on_held_out_digits(digits: TrainedDi
                               OpenVinoOptions(precision="int8", calib_dir=digits_files["calib"]))
     assert result.metadata.precision == "int8" and result.calib_images == 100
     assert result.int8_nodes > 40 and "3 logits MatMul" in result.kept_float_summary
+    assert result.metadata.quantization is not None  # NNCF stores weights as int8 Constants, counted too
+    ops = result.metadata.quantization.quantized_ops
+    assert ops["GroupConvolution"] > 5 and ops["Convolution"] > 10 and ops["MatMul"] > 5, ops
     photos = sorted(digits_files["eval"].glob("*.png"))
     # int8's default tolerance judges the images only: random-normal inputs lie outside the
     # ranges calibrated on digits (cosine ~0.94) and only have to run.
@@ -199,6 +202,31 @@ def test_int8_of_a_trained_model_keeps_top1_on_held_out_digits(digits: TrainedDi
     assert float(np.mean(int8_labels == fp32_labels)) >= 0.97  # top-1 agreement on 200 held-out digits
     int8_acc = float(np.mean(int8_labels == digits.eval_labels))
     assert int8_acc >= float(np.mean(fp32_labels == digits.eval_labels)) - 0.02
+
+
+def test_int8_without_depthwise_leaves_the_grouped_convolutions_float_and_keeps_top1(
+        digits: TrainedDigits, digits_files: dict[str, Path], work: Path) -> None:
+    """--no-int8-depthwise: no FakeQuantize feeds a GroupConvolution, the metadata says so,
+    the 1x1 convolutions and MatMuls are still int8, and top-1 holds on held-out digits."""
+    result = convert_openvino(digits_files["onnx"], work / "digits_int8_dwfloat.xml",
+                              OpenVinoOptions(precision="int8", calib_dir=digits_files["calib"],
+                                              int8_depthwise=False))
+    model = ov.Core().read_model(str(result.xml))
+    grouped = [op for op in model.get_ordered_ops() if op.get_type_name() == "GroupConvolution"]
+    assert grouped and not any(op.input_value(i).get_node().get_type_name() == "FakeQuantize"
+                               for op in grouped for i in range(2))
+    assert result.metadata.quantization is not None
+    counts = result.metadata.quantization.quantized_ops  # counted on the quantized model before saving
+    assert "GroupConvolution" not in counts and counts["Convolution"] > 10 and counts["MatMul"] > 5
+    assert "depthwise convolutions" in result.metadata.quantization.kept_float
+    assert "depthwise convolutions" in result.kept_float_summary
+    photos = sorted(digits_files["eval"].glob("*.png"))
+    with OpenVinoRunner(result.xml, precision="fp32") as runner:
+        x = np.concatenate([_digit_input(p, runner) for p in photos])
+        int8_labels = np.concatenate([runner.infer(x[i : i + 100]) for i in range(0, len(x), 100)]).argmax(1)
+    with torch.inference_mode():
+        fp32_labels = digits.model(torch.from_numpy(x)).argmax(1).numpy()
+    assert float(np.mean(int8_labels == fp32_labels)) >= 0.97  # top-1 agreement on 200 held-out digits
 
 
 def test_default_precision_at_batch_1_agrees_with_pytorch_on_trained_digits(digits: TrainedDigits,

@@ -38,6 +38,9 @@ def openvino(
     calib_count: Annotated[int, typer.Option(help="int8: at most this many calibration images.")] = 300,
     keep_float: Annotated[bool, typer.Option(help="int8: keep GLMix's L2 norms, slot softmaxes and logits "
                                              "MatMul in float.")] = True,
+    int8_depthwise: Annotated[bool, typer.Option(help="int8: quantize the depthwise convolutions too; "
+                                                 "--no-int8-depthwise leaves them in the device's float "
+                                                 "precision (bf16 on CPUs that have it).")] = True,
     verify: Annotated[bool, typer.Option(help="Run the IR against PyTorch after the build.")] = True,
     infer_precision: Annotated[str, typer.Option(help="Compute precision asked for the check: fp32 (pinned, "
                                                  "measures the conversion) | bf16 | fp16 | default (the "
@@ -66,7 +69,7 @@ def openvino(
     if infer_precision not in INFER_PRECISIONS:
         raise OptionError(f"--infer-precision must be one of {', '.join(INFER_PRECISIONS)}, not {infer_precision!r}")
     options = OpenVinoOptions(precision=precision, calib_dir=calib, calib_count=calib_count, keep_float=keep_float,
-                              compute=compute)
+                              int8_depthwise=int8_depthwise, compute=compute)
     options.validate()  # int8 without --calib fails here, before any slow work
     vopts = VerifyOptions(max_rel=max_rel, min_cosine=min_cosine, min_top1=min_top1, threads=threads,
                           precision=INFER_PRECISIONS[infer_precision], device=device)
