@@ -1,16 +1,17 @@
 """int8 against the float files it replaces, in one run: OpenVINO int8 / bf16 and onnxruntime int8 / fp32.
 
-    python -m bench.int8 [--model glnet_4g] [--batch 1 8] [--rounds 16] [--trt] [--wait-idle 60]
+    python -m bench.int8 [--model glnet_4g] [--batch 1 8] [--rounds 16] [--trt] [--f32] [--wait-idle 60]
 
 The files as shipped, loaded as an app loads them (runtimes.load, within 3% of the bare API:
 bench.artifact_speed): the portable ONNX, its onnxruntime-targeted form and its int8 form
 (`ort --precision int8`), the OpenVINO IR for the device's own precision (bf16 on a CPU with
 AMX), its NNCF int8 IR and the int8 IR whose depthwise convolutions stay float
-(`--no-int8-depthwise`); with --trt also export.precision's TensorRT Q/DQ file, timed in
-onnxruntime. Model, calibration crops and the 100 evaluation samples are bench.targets'
-(glnet_4g, weights perturbed to look trained; top-1 agreement with fp32 PyTorch). At each
-batch the candidates are timed in alternating blocks and a ratio is the median over rounds
-of neighbouring blocks' ratios (bench.runner.paired_ratio).
+(`--no-int8-depthwise`); with --f32 the IRs again, asked for f32 compute ("openvino bf16 @f32"
+is the IR's f32 run), as a CPU with VNNI but no bf16 would run them; with --trt also
+export.precision's TensorRT Q/DQ file, timed in onnxruntime. Model, calibration crops and the
+100 evaluation samples are bench.targets' (glnet_4g, weights perturbed to look trained; top-1
+agreement with fp32 PyTorch). At each batch the candidates are timed in alternating blocks
+and a ratio is the median over rounds of neighbouring blocks' ratios (bench.runner.paired_ratio).
 
 Targets (issue 13): OpenVINO int8 / bf16 <= 0.75 at batch 1 and <= 0.65 at batch 8;
 onnxruntime int8 / the fp32 file <= 0.6 at batch 1; both at >= 99% top-1 agreement.
@@ -86,6 +87,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=16, help="alternating rounds per batch (at batch > 1: half)")
     parser.add_argument("--crops", type=int, default=9, help="crops per photograph (bench.targets' samples)")
     parser.add_argument("--trt", action="store_true", help="also time the TensorRT Q/DQ file in onnxruntime")
+    parser.add_argument("--f32", action="store_true",
+                        help="also time the IRs asked for f32 compute (INFERENCE_PRECISION_HINT f32), as '... @f32'")
     parser.add_argument("--json", type=Path, default=Path("bench-int8.json"))
     parser.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS")
     args = parser.parse_args()
@@ -100,6 +103,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="glnet-int8-") as tmp:
         files = build(model, Path(tmp), args.crops, args.trt)
         runners = {name: runtimes.load(path, threads=args.threads) for name, path in files.items()}
+        if args.f32:  # the IRs again with f32 float layers: what a CPU with VNNI but no bf16 runs
+            for name in [n for n in files if n.startswith("openvino")]:
+                files[f"{name} @f32"] = files[name]
+                runners[f"{name} @f32"] = runtimes.load(files[name], threads=args.threads, precision="fp32")
         meta = runners["onnxruntime portable"].metadata
         assert meta is not None
         samples = [preprocess(img, meta) for img in photo_crops(seed=2, crops=args.crops)]
@@ -140,6 +147,14 @@ def main() -> None:
     say(f"wrote {args.json}")
 
 
+def baseline(name: str) -> str:
+    """The float file a candidate's ratio is taken to: the bf16 IR (or, for "... @f32" runs,
+    the same IR asked for f32) for OpenVINO, the portable ONNX for onnxruntime files."""
+    if name.endswith("@f32"):
+        return "openvino bf16 @f32"
+    return "openvino bf16" if name.startswith("openvino") else "onnxruntime portable"
+
+
 def _files(path: Path) -> list[Path]:
     return [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]
 
@@ -151,12 +166,13 @@ def _print(rows: dict[str, dict[str, Any]], timings: dict[int, dict[str, Any]], 
     print(f"\n| file | runs as | size MB | top-1 vs PyTorch ({samples}) | flips | {head} |")
     print("|---|---|---:|---:|---:|" + "---:|---:|" * len(batches))
     for name, row in rows.items():
-        base = "openvino bf16" if name.startswith("openvino") else "onnxruntime portable"
+        base = baseline(name)
         cells = " | ".join(f"{timings[b]['p50_ms'][name]:.1f} | {paired_ratio(timings[b]['blocks'], name, base):.3f}"
                            for b in batches)
         print(f"| {name} | {row['precision']} | {row['size_bytes'] / 1e6:.1f} | {row['top1']:.0%} | {row['flips']} "
               f"| {cells} |")
-    print(f"(/ float: to openvino bf16 for the IRs, to the portable ONNX for onnxruntime files; {args.model}, "
+    print(f"(/ float: to openvino bf16 for the IRs (to its @f32 run for @f32 runs), to the portable ONNX for "
+          f"onnxruntime files; {args.model}, "
           f"{args.threads} threads, 224 x 224)")
     for t in targets:
         print(f"{t['result']:4s}  {t['target']}: {t['value']:.3f} (target <= {t['limit']}), "
