@@ -41,6 +41,7 @@ from glnet.testing import perturb_weights_
 from glnet_export.metadata import ArtifactMetadata
 from glnet_export.photos import sample_photo_paths
 from glnet_export.preprocess import preprocess
+from glnet_export.verification import top1_leads
 from runtimes.base import Runner
 from runtimes.torch import TorchRunner
 
@@ -125,8 +126,7 @@ class Agreement:
 def agreement(reference: np.ndarray, runner: Runner, samples: list[np.ndarray]) -> Agreement:
     out = np.concatenate([runner.infer(x) for x in samples])
     same = out.argmax(1) == reference.argmax(1)
-    top2 = np.sort(reference, axis=1)[:, -2:]
-    rank = np.argsort(np.argsort(top2[:, 1] - top2[:, 0]))
+    rank = np.argsort(np.argsort(top1_leads(reference)))
     return Agreement(float(same.mean()), float(np.abs(out - reference).max()), int((~same).sum()),
                      sorted(int(r) for r in rank[~same]))
 

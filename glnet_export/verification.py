@@ -75,6 +75,10 @@ class ShapeResult:
     # without photographs or logits): the figures that speak for real use.
     photo_top1: float | None = None
     photo_min_cosine: float | None = None
+    # The reference's lead of its top-1 logit over its top-2 at each judged sample whose
+    # top-1 changed, smallest first: flips at leads of a few hundredths are near-ties (a
+    # random-weight model has many), flips at large leads are real errors.
+    top1_flip_leads: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -157,7 +161,32 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray, topk: bool = T
     }
 
 
-def check(metrics: dict[str, float], tol: Tolerance) -> list[str]:
+def top1_leads(reference: np.ndarray) -> np.ndarray:
+    """Per sample: how far the top-1 logit of `reference` (samples x classes) leads its top-2."""
+    if reference.shape[1] < 2:
+        return np.full(reference.shape[0], np.inf)
+    top2 = np.sort(reference.astype(np.float64), axis=1)[:, -2:]
+    return top2[:, 1] - top2[:, 0]
+
+
+def top1_flip_leads(reference: np.ndarray, candidate: np.ndarray) -> list[float]:
+    """The reference's top-1 lead at each sample whose top-1 class differs in `candidate`, smallest first."""
+    ref = reference.reshape(reference.shape[0], -1)
+    out = candidate.reshape(candidate.shape[0], -1)
+    flipped = ref.argmax(1) != out.argmax(1)
+    return sorted(float(v) for v in top1_leads(ref)[flipped])
+
+
+def describe_flips(leads: Sequence[float], reference: np.ndarray) -> str:
+    """'3 of 12 flipped, where the reference's top-1 led its top-2 by 0.02, 0.05, 0.9 (median lead 1.4)'."""
+    shown = ", ".join(f"{v:.2g}" for v in leads[:5]) + (", ..." if len(leads) > 5 else "")
+    median = float(np.median(top1_leads(reference.reshape(reference.shape[0], -1))))
+    return (f"{len(leads)} of {reference.shape[0]} flipped, where the reference's top-1 led its top-2 by "
+            f"{shown} (median lead {median:.2g})")
+
+
+def check(metrics: dict[str, float], tol: Tolerance, flips: str = "") -> list[str]:
+    """The tolerance's failed criteria in words; `flips` (describe_flips) explains a top-1 failure."""
     failures = []
     if not math.isfinite(metrics["max_abs"]):
         failures.append("non-finite outputs")
@@ -166,7 +195,7 @@ def check(metrics: dict[str, float], tol: Tolerance) -> list[str]:
     if not metrics["cosine"] >= tol.min_cosine:
         failures.append(f"cosine {metrics['cosine']:.6f} < {tol.min_cosine:g}")
     if not math.isnan(metrics["top1"]) and not metrics["top1"] >= tol.min_top1:  # NaN: not logits
-        failures.append(f"top-1 agreement {metrics['top1']:.0%} < {tol.min_top1:.0%}")
+        failures.append(f"top-1 agreement {metrics['top1']:.0%} < {tol.min_top1:.0%}" + (f": {flips}" if flips else ""))
     return failures
 
 
@@ -231,13 +260,17 @@ def verify_outputs(
             out = {k: v[:n_photos] for k, v in out.items()}
         per_output: dict[str, dict[str, float]] = {}
         failures: list[str] = []
+        flip_leads: list[float] = []
         for name, r in ref.items():
             if out[name].shape != r.shape:
                 per_output[name] = {"max_abs": math.inf, "max_rel": math.inf, "cosine": 0.0}
                 failures.append(f"{name}: shape {out[name].shape} != reference {r.shape}")
                 continue
             per_output[name] = compare_outputs(r, out[name], topk=name == "logits")
-            failures += [f"{name}: {f}" for f in check(per_output[name], tolerance)]
+            if name == "logits":
+                flip_leads = top1_flip_leads(r, out[name])
+            flips = describe_flips(flip_leads, r) if name == "logits" and flip_leads else ""
+            failures += [f"{name}: {f}" for f in check(per_output[name], tolerance, flips)]
         logits = per_output.get("logits", {})
         worst = {
             "max_abs": max(m["max_abs"] for m in per_output.values()),
@@ -249,6 +282,7 @@ def verify_outputs(
         result = _result(shape, samples, n_photos, worst, failures, per_output)
         if photo_metrics:
             result.photo_top1, result.photo_min_cosine = photo_metrics["top1"], photo_metrics["cosine"]
+        result.top1_flip_leads = flip_leads
         report.results.append(result)
     return report
 

@@ -7,7 +7,16 @@ import math
 import numpy as np
 import pytest
 
-from glnet_export.verification import DEFAULT_TOLERANCES, check, compare_outputs, tolerance_for
+from glnet_export.metadata import ArtifactMetadata
+from glnet_export.verification import (
+    DEFAULT_TOLERANCES,
+    check,
+    compare_outputs,
+    describe_flips,
+    tolerance_for,
+    top1_flip_leads,
+    verify,
+)
 
 FP32 = DEFAULT_TOLERANCES["fp32"]
 
@@ -33,6 +42,40 @@ def test_a_top1_flip_is_counted_and_fails_fp32() -> None:
     failures = check(metrics, FP32)
     assert any(f.startswith("top-1 agreement 50%") for f in failures) and any("max rel error" in f for f in failures)
     assert check(metrics, tolerance_for("fp32", max_rel=0.05, min_cosine=0.99, min_top1=0.5)) == []
+
+
+def test_a_top1_failure_says_how_narrow_the_flipped_leads_were() -> None:
+    ref = _logits()  # leads: 4.0 (5.0 over 1.0) and 0.1 (4.0 over 3.9)
+    out = ref.copy()
+    out[1, 1], out[1, 2] = 3.9, 4.0
+    leads = top1_flip_leads(ref, out)
+    assert leads == [pytest.approx(0.1)], "only the second sample flipped; its lead was 0.1"
+    assert top1_flip_leads(ref, ref) == []
+    text = describe_flips(leads, ref)
+    assert text == "1 of 2 flipped, where the reference's top-1 led its top-2 by 0.1 (median lead 2)"
+    failure = next(f for f in check(compare_outputs(ref, out), FP32, text) if f.startswith("top-1"))
+    assert failure == f"top-1 agreement 50% < 100%: {text}"
+
+
+def test_verify_records_the_flipped_leads_per_shape() -> None:
+    meta = ArtifactMetadata(model="glnet_tiny", num_classes=4, input_size=(32, 32), dynamic="none")
+    classes = np.arange(4, dtype=np.float32)
+
+    def reference(batch: np.ndarray) -> np.ndarray:
+        return np.tile(classes, (len(batch), 1))  # every sample: class 3 leads class 2 by 1.0
+
+    def candidate(batch: np.ndarray) -> np.ndarray:
+        out = reference(batch)
+        out[0, 2] = 3.5  # the first sample of each batch now picks class 2
+        return out
+
+    report = verify(reference, candidate, meta, [(2, 3, 32, 32)], FP32)
+    (result,) = report.results
+    assert result.samples == 2 and result.top1 == 0.5
+    assert result.top1_flip_leads == [pytest.approx(1.0)]
+    assert any("top-1 agreement 50% < 100%: 1 of 2 flipped" in f for f in result.failures)
+    same = verify(reference, reference, meta, [(2, 3, 32, 32)], FP32).results[0]
+    assert same.passed and same.top1_flip_leads == []
 
 
 def test_cosine_is_the_worst_sample() -> None:
