@@ -267,9 +267,10 @@ def verify_outputs(
                 failures.append(f"{name}: shape {out[name].shape} != reference {r.shape}")
                 continue
             per_output[name] = compare_outputs(r, out[name], topk=name == "logits")
+            flips = ""
             if name == "logits":
                 flip_leads = top1_flip_leads(r, out[name])
-            flips = describe_flips(flip_leads, r) if name == "logits" and flip_leads else ""
+                flips = describe_flips(flip_leads, r) if flip_leads else ""
             failures += [f"{name}: {f}" for f in check(per_output[name], tolerance, flips)]
         logits = per_output.get("logits", {})
         worst = {
