@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from glnet_export.atomic import atomic_outputs
-from glnet_export.errors import GlnetExportError
+from artifacts.atomic import atomic_outputs
+from artifacts.errors import GlnetExportError
 
 from .runner import ArtifactBench
 

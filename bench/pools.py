@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from glnet_export.errors import OptionError
+from artifacts.errors import OptionError
 from runtimes.base import Runner, RuntimeInputError
 
 
@@ -33,20 +33,13 @@ def cpu_count() -> int:
 
 def compile_openvino(path: Path, device: str = "cpu", threads: int | None = None, precision: str | None = None,
                      shape: tuple[int, ...] | None = None, **config: Any) -> Any:
-    """An OpenVINO compiled model with extra settings (PERF_COUNT, PERFORMANCE_HINT), static when `shape`."""
-    from runtimes.openvino import PRECISION_HINTS, import_openvino, precision_to_ask, read_metadata
+    """An OpenVINO CompiledModel with extra settings (PERF_COUNT, PERFORMANCE_HINT), compiled by
+    the runtime's own runner (the precision it asks, static per shape when `shape`)."""
+    from runtimes.openvino import OpenVinoRunner
 
-    core = import_openvino().Core()
-    model = core.read_model(str(path))
-    precision = precision_to_ask(read_metadata(model), precision)  # as OpenVinoRunner asks
-    if shape is not None:
-        model.reshape({0: list(shape)})
-    settings = dict(config)
-    if precision is not None:
-        settings["INFERENCE_PRECISION_HINT"] = PRECISION_HINTS[precision.lower()]
-    if threads:
-        settings["INFERENCE_NUM_THREADS"] = threads
-    return core.compile_model(model, device.upper(), settings)
+    runner = OpenVinoRunner(path, device, threads=threads, precision=precision, static_shapes=shape is not None,
+                            **config)
+    return runner.compiled_model(shape)
 
 
 class Pool:
@@ -141,7 +134,7 @@ class OpenVinoPool(Pool):
 
     def __init__(self, compiled: Any, parallel: int | None) -> None:
         super().__init__()
-        from runtimes.openvino import import_openvino
+        from artifacts.backends import import_openvino
 
         self._queue = import_openvino().AsyncInferQueue(compiled, parallel or 0)  # 0: the plugin's optimum
         self.parallel = len(self._queue)
@@ -236,19 +229,13 @@ class TrtSession:
         import tensorrt as trt
         import torch
 
-        from runtimes.tensorrt import cuda_device, read_manifest
+        from runtimes.tensorrt import LoadedEngine
 
-        _, _, index = cuda_device("cuda" if device in ("cpu", "gpu") else device)
+        loaded = LoadedEngine(path, device, check=False)  # the runner being timed has checked it
         self._torch = torch
-        self.device = torch.device("cuda", index)
-        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        manifest = read_manifest(path)
-        if manifest is not None and manifest.version_compatible:
-            self._runtime.engine_host_code_allowed = True
-        with torch.cuda.device(index):
-            self.engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
-            if self.engine is None:
-                raise RuntimeInputError(f"{path}: TensorRT could not deserialize the engine")
+        self.device = loaded.torch_device
+        self._runtime, self.engine = loaded.runtime, loaded.engine
+        with torch.cuda.device(self.device):
             self.context = self.engine.create_execution_context()
             self.stream = torch.cuda.Stream(self.device)
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]

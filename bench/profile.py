@@ -82,9 +82,10 @@ def profile_layers(path: str | Path, shape: tuple[int, ...], runs: int = 10, thr
 
 def profile_onnxruntime(path: Path, shape: tuple[int, ...], runs: int, threads: int | None,
                         device: str) -> LayerProfile:
-    from runtimes.onnxruntime import PROVIDERS, _ort, session_options
+    from artifacts.backends import import_onnxruntime
+    from runtimes.onnxruntime import PROVIDERS, session_options
 
-    ort = _ort()
+    ort = import_onnxruntime()
     opts = session_options(threads)
     opts.enable_profiling = True
     inputs = make_inputs(shape, buffers=2)

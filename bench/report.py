@@ -15,9 +15,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from glnet_export.atomic import atomic_outputs
-from glnet_export.errors import GlnetExportError
-from glnet_export.jsonable import jsonable
+from artifacts.atomic import atomic_outputs
+from artifacts.errors import GlnetExportError
+from artifacts.jsonable import jsonable
 
 from .runner import ArtifactBench
 from .sysinfo import DeviceInfo, device_from_dict

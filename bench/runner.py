@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 import runtimes
-from glnet_export.errors import OptionError, one_line
+from artifacts.errors import OptionError, one_line
 from runtimes.base import Runner
 
 from .pools import Pool, make_pool

@@ -1,4 +1,4 @@
-"""`glnet-export benchmark`: every format that works here, exported, verified against
+"""`glnet-export bench --model M`: every format that works here, exported, verified against
 PyTorch and timed, in one table (like `yolo benchmark`).
 
 A format that cannot be made or run here gets a row with the reason instead of stopping
@@ -17,37 +17,23 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 import runtimes
+from artifacts.backends import BackendUnavailableError
+from artifacts.errors import OptionError, one_line
+from artifacts.photos import sample_photo_paths
+from export.formats import FORMATS, Format, build, default_output
 from glnet.model import GLNet
-from glnet_export.errors import OptionError, one_line
-from glnet_export.photos import sample_photo_paths
-from glnet_export.verification import shapes_to_verify, tolerance_for, verify
-from runtimes.base import BackendUnavailableError, Runner
+from runtimes.base import Runner
+from verification.metrics import shapes_to_verify, tolerance_for, verify
 
 from .runner import ArtifactBench, BenchResult, artifact_files, artifact_sha256, interleave
 from .stats import LatencyStats
 from .timing import make_inputs
 
-# name -> (artifact kind, precision asked of the runtime, description)
-FORMATS: dict[str, tuple[str, str | None, str]] = {
-    "pytorch": ("pytorch", None, "PyTorch eager (the reference)"),
-    "onnxruntime": ("onnx", None, "portable ONNX in onnxruntime"),
-    "onnxruntime-target": ("ort", None, "onnxruntime-targeted ONNX (`--target onnxruntime`: contrib Attention, "
-                           "fused LayerNorms, folded residual convolutions)"),
-    "onnxruntime-int8": ("ort-int8", None, "int8 Q/DQ ONNX for onnxruntime (`ort --precision int8`: Conv and "
-                         "MatMul in int8, GLMix's clustering in float), for CPUs without bf16"),
-    "openvino-fp32": ("ov-f32", None, "OpenVINO IR fp32 built for f32 compute (`--compute f32`: residual "
-                      "convolutions folded), run in f32 as the file asks"),
-    "openvino-auto": ("ov-fp32", None, "OpenVINO IR fp32, the device's own precision (bf16 where the CPU has it)"),
-    "openvino-fp16": ("ov-fp16", None, "OpenVINO IR with fp16 weights, the device's own precision"),
-    "openvino-int8": ("ov-int8", None, "OpenVINO IR int8 (NNCF), the device's own precision for the rest"),
-    "tensorrt-fp32": ("trt-fp32", None, "TensorRT engine fp32"),
-    "tensorrt-fp16": ("trt-fp16", None, "TensorRT engine fp16 (GLMix norms and softmaxes in fp32)"),
-    "tensorrt-int8": ("trt-int8", None, "TensorRT engine int8 (Q/DQ)"),
-}
 Progress = Callable[[str], None]
 
 
@@ -66,10 +52,9 @@ class SuiteOptions:
     gpu: str = "cuda"  # device of the TensorRT engines
 
     def validate(self) -> None:
-        unknown = [f for f in self.formats if f not in FORMATS]
-        if unknown or not self.formats:
-            raise OptionError(f"unknown format(s) {', '.join(repr(f) for f in unknown) or '(none given)'}; "
-                              f"known: {', '.join(FORMATS)}")
+        from export.formats import parse_formats
+
+        parse_formats(",".join(self.formats))  # every name known, at least one
         for option, value in (("--iters", self.rounds), ("--batch", self.batch), ("--threads", self.threads)):
             if value is not None and value < 1:
                 raise OptionError(f"{option} must be >= 1, not {value}")
@@ -116,49 +101,30 @@ def _calibration_folder(calib: Path | None) -> Iterator[Path]:
         yield Path(tmp)
 
 
-def _make(kind: str, source: dict[str, Path], work: Path, name: str, model: GLNet, sha256: str | None,
-          options: SuiteOptions, calib: Path) -> Path:
-    """Export the artifact of `kind` (ONNX first; everything else is converted from it)."""
-    if kind == "onnx":
-        from export.onnx import OnnxExportOptions, export_onnx
-
-        onnx_options = OnnxExportOptions(input_size=options.input_size, batch=options.batch, dynamic="batch")
-        return export_onnx(model, work / f"{name}.onnx", onnx_options, checkpoint_sha256=sha256).path
-    if "onnx" not in source:
+def _make(fmt: Format, onnx: Path | None, work: Path, model: GLNet, sha256: str | None, options: SuiteOptions,
+          calib: Path) -> Path:
+    """Build `fmt` through the format table: the portable ONNX from the model, the rest from it."""
+    why = fmt.missing()
+    if why is not None:
+        raise BackendUnavailableError(why)
+    settings: dict[str, Any] = {}
+    if fmt.built_from == "model":
+        settings = {"input_size": options.input_size, "batch": options.batch, "dynamic": "batch"}
+        return build(fmt, model, work / f"{model.cfg.name}.onnx", checkpoint_sha256=sha256, **settings).path
+    if onnx is None:
         raise OptionError("needs the ONNX export, which failed")
-    if kind == "ort":
-        from export.onnxruntime import convert_onnxruntime
-
-        return convert_onnxruntime(source["onnx"], work / f"{name}_ort.onnx").path
-    if kind == "ort-int8":
-        from export.onnxruntime_int8 import quantize_onnxruntime_int8
-
-        return quantize_onnxruntime_int8(source["onnx"], work / f"{name}_ort_int8.onnx", calib,
-                                         calib_count=options.calib_count).path
-    if kind.startswith("ov-"):
-        from export.openvino import OpenVinoOptions, convert_openvino
-
-        # "ov-f32": fp32 weights, built for f32 compute; "ov-fp16" etc.: for the device's choice.
-        precision, compute = ("fp32", "f32") if kind == "ov-f32" else (kind[3:], "auto")
-        ov_options = OpenVinoOptions(precision=precision, calib_dir=calib, calib_count=options.calib_count,
-                                     compute=compute)
-        return convert_openvino(source["onnx"], work / f"{name}_{kind[3:]}.xml", ov_options).xml
-    from export.tensorrt import TensorRTBuildOptions, build_engine
-    from runtimes.tensorrt import require_tensorrt
-
-    require_tensorrt()
-    trt_options = TensorRTBuildOptions(precision=kind[4:], calibration=calib)
-    return build_engine(source["onnx"], work / f"{name}_{kind[4:]}.engine", trt_options).path
+    if fmt.converter in ("openvino", "onnxruntime-int8"):
+        settings["calib_count"] = options.calib_count
+    return build(fmt, onnx, default_output(fmt, onnx), calib=calib if fmt.calibrated else None, **settings).path
 
 
-def _load(fmt: str, path: Path | None, model: GLNet, options: SuiteOptions) -> Runner:
+def _load(fmt: Format, path: Path | None, model: GLNet, options: SuiteOptions) -> Runner:
     from runtimes.torch import TorchRunner
 
-    kind, precision, _ = FORMATS[fmt]
-    if kind == "pytorch" or path is None:
+    if fmt.runtime == "torch" or path is None:
         return TorchRunner(model, threads=options.threads)
-    device = options.gpu if kind.startswith("trt") else "cpu"
-    return runtimes.load(path, device=device, threads=options.threads, precision=precision)
+    device = options.gpu if fmt.gpu else "cpu"
+    return runtimes.load(path, device=device, threads=options.threads, precision=fmt.run_precision)
 
 
 def run_suite(model: GLNet, options: SuiteOptions, checkpoint_sha256: str | None = None,
@@ -167,40 +133,45 @@ def run_suite(model: GLNet, options: SuiteOptions, checkpoint_sha256: str | None
     options.validate()
     say = progress or (lambda _msg: None)
     name = model.cfg.name
-    rows = {f: FormatRow(f, FORMATS[f][2]) for f in options.formats}
+    rows = {f: FormatRow(f, FORMATS[f].description) for f in options.formats}
     runners: dict[str, Runner] = {}
     with contextlib.ExitStack() as stack:
         work = options.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="glnet-bench-")))
         calib = stack.enter_context(_calibration_folder(options.calib))
+        # The portable ONNX first (everything else is converted from it), whenever any file is wanted.
+        wanted = [FORMATS[f] for f in options.formats if FORMATS[f].converter]
+        if wanted and not any(f.built_from == "model" for f in wanted):
+            wanted.insert(0, FORMATS["onnxruntime"])
         made: dict[str, Path] = {}
-        kinds = ["onnx"] if any(FORMATS[f][0] != "pytorch" for f in options.formats) else []
-        kinds += [k for k in dict.fromkeys(FORMATS[f][0] for f in options.formats) if k not in ("pytorch", "onnx")]
         failed: dict[str, str] = {}
-        for kind in kinds:
-            say(f"exporting {kind}")
+        onnx: Path | None = None
+        for fmt in sorted(wanted, key=lambda f: f.built_from != "model"):
+            say(f"exporting {fmt.name}")
             start = time.perf_counter()
             try:
-                made[kind] = _make(kind, made, work, name, model, checkpoint_sha256, options, calib)
+                made[fmt.name] = _make(fmt, onnx, work, model, checkpoint_sha256, options, calib)
             except BackendUnavailableError as exc:
-                failed[kind] = f"skipped: {one_line(exc)}"
+                failed[fmt.name] = f"skipped: {one_line(exc)}"
             except Exception as exc:  # noqa: BLE001 - a format that fails here is a row, not the end
-                failed[kind] = one_line(exc)
-            for row in rows.values():
-                if FORMATS[row.format][0] == kind and kind in made:
-                    row.export_s = time.perf_counter() - start
-        for fmt, row in rows.items():
-            kind = FORMATS[fmt][0]
-            if kind in failed:
-                skipped = failed[kind].startswith("skipped: ")
-                row.status, row.reason = ("skipped" if skipped else "error"), failed[kind].removeprefix("skipped: ")
+                failed[fmt.name] = one_line(exc)
+            if fmt.built_from == "model":
+                onnx = made.get(fmt.name)
+            if fmt.name in rows and fmt.name in made:
+                rows[fmt.name].export_s = time.perf_counter() - start
+        for name_, row in rows.items():
+            fmt = FORMATS[name_]
+            if fmt.name in failed:
+                skipped = failed[fmt.name].startswith("skipped: ")
+                row.status, row.reason = (("skipped" if skipped else "error"),
+                                          failed[fmt.name].removeprefix("skipped: "))
                 continue
-            path = made.get(kind)
+            path = made.get(fmt.name)
             if path is not None:
                 row.path = str(path)
                 row.size_bytes = sum(p.stat().st_size for p in artifact_files(path))
             try:
-                runners[fmt] = stack.enter_context(_load(fmt, path, model, options))
-                row.precision = runners[fmt].precision
+                runners[name_] = stack.enter_context(_load(fmt, path, model, options))
+                row.precision = runners[name_].precision
             except Exception as exc:  # noqa: BLE001
                 row.status, row.reason = "error", f"cannot run: {one_line(exc)}"
         _verify_all(model, runners, rows, options, say)

@@ -219,7 +219,7 @@ def library_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             continue
     if "tensorrt" not in versions:  # JetPack installs TensorRT as a system package, without pip metadata
-        from runtimes.tensorrt import tensorrt_available
+        from artifacts.backends import tensorrt_available
 
         if tensorrt_available():
             import tensorrt

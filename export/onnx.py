@@ -4,7 +4,7 @@ The traps this module exists for (FIELD_NOTES): the legacy exporter refuses GLMi
 the dynamo exporter is used on the deploy form; a batch-1 example freezes a "dynamic"
 batch, so the example batch is always >= 2 when the batch is dynamic; the reference
 form's adaptive pooling is baked to the traced size, so the deploy form computes it from
-the input's size. Verification at other shapes (`export.verify`) proves the result.
+the input's size. Verification at other shapes (`verification.artifact`) proves the result.
 """
 
 from __future__ import annotations
@@ -22,20 +22,18 @@ from pathlib import Path
 import onnx
 import torch
 
-import glnet_export
+import artifacts
+from artifacts.atomic import check_writable
+from artifacts.errors import ExportError, OptionError, one_line
+from artifacts.metadata import IMAGENET_LABELS, MIN_SIDE, ArtifactMetadata
+from artifacts.onnx_file import save_onnx, set_metadata
 from glnet.features import GLNetFeatures, UnknownSlotBlockError, output_names, resolve_slot_blocks
 from glnet.model import GLNet
-from glnet_export.atomic import atomic_outputs, check_writable
-from glnet_export.errors import ExportError, OptionError, one_line
-from glnet_export.metadata import IMAGENET_LABELS, ArtifactMetadata
-from glnet_export.onnx_file import set_metadata
 
 from .onnxruntime import target_proto
 from .passes import TARGETS, PassReport
 
 DYNAMIC_MODES = ("none", "batch", "shape")
-MIN_SIDE = 32  # the network down-samples 32x
-PROTOBUF_LIMIT = 2**31 - 1  # above this the weights must go to a side file
 Progress = Callable[[str], None]
 
 
@@ -215,21 +213,11 @@ def build_metadata(model: GLNet, options: OnnxExportOptions, checkpoint_sha256: 
         opset=options.opset,
         torch_version=torch.__version__,
         onnx_version=onnx.__version__,
-        glnet_export_version=glnet_export.__version__,
+        glnet_export_version=artifacts.__version__,
         task="features" if options.features else "classify",
         outputs=outputs,
         output_name=outputs[0],
     )
-
-
-def save_onnx(proto: onnx.ModelProto, output: Path) -> None:
-    """Save atomically, weights inside the file unless protobuf's 2 GB limit forbids it."""
-    with atomic_outputs(output) as (temp,):
-        if proto.ByteSize() < PROTOBUF_LIMIT:
-            onnx.save_model(proto, temp)
-        else:  # pragma: no cover - no GLNet variant is this large
-            data = output.with_suffix(".onnx.data")
-            onnx.save_model(proto, temp, save_as_external_data=True, location=data.name)
 
 
 def export_onnx(
@@ -274,7 +262,7 @@ def export_onnx(
     if options.target != "portable":
         say(f"rewriting the graph for {options.target}")
         meta, passes = target_proto(proto, meta)
-    proto.doc_string = f"GLNet {meta.model} exported by glnet-export {glnet_export.__version__}"
+    proto.doc_string = f"GLNet {meta.model} exported by glnet-export {artifacts.__version__}"
     say(f"writing {output}")
     save_onnx(proto, output)
     _, dynamic_axes = _dynamic_shapes(options.dynamic, outputs)

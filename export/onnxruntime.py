@@ -18,10 +18,10 @@ from pathlib import Path
 
 import onnx
 
-from glnet_export.atomic import check_writable
-from glnet_export.errors import ExportError, OptionError, one_line
-from glnet_export.metadata import ArtifactMetadata, MetadataError
-from glnet_export.onnx_file import read_onnx, set_metadata
+from artifacts.atomic import check_writable
+from artifacts.errors import ExportError, OptionError, one_line
+from artifacts.metadata import ArtifactMetadata, MetadataError
+from artifacts.onnx_file import read_onnx, save_onnx, set_metadata
 
 from .passes import ONNXRUNTIME_REQUIRES, PassReport, apply_onnx_target, contrib_ops
 
@@ -90,7 +90,7 @@ def target_proto(proto: onnx.ModelProto, meta: ArtifactMetadata,
     return meta, report
 
 
-FORMATS = ("onnx", "ort")
+FILE_FORMATS = ("onnx", "ort")
 # onnxruntime optimization level baked into an .ort file. Measured on glnet_4g (batch 1,
 # 2 threads, this Sapphire Rapids host): the .onnx file 54.6 ms; .ort at "extended" 80.2 ms,
 # because a session loading an .ort file does not run the NCHWc layout pass again (nor
@@ -117,7 +117,7 @@ def save_ort_format(proto: onnx.ModelProto, output: Path, level: str = "extended
 
     import onnxruntime as ort
 
-    from glnet_export.atomic import atomic_outputs
+    from artifacts.atomic import atomic_outputs
 
     with tempfile.TemporaryDirectory(prefix="glnet-ort-") as tmp, atomic_outputs(output) as (temp,):
         staged = Path(tmp) / "model.onnx"
@@ -141,10 +141,9 @@ def convert_onnxruntime(source: str | Path, output: str | Path | None = None,
 
     `fmt` "onnx" writes ONNX (any onnxruntime build), "ort" onnxruntime's .ort format at
     optimization level `ort_level` (see ORT_LEVELS for what each costs)."""
-    from .onnx import save_onnx
 
-    if fmt not in FORMATS:
-        raise OptionError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    if fmt not in FILE_FORMATS:
+        raise OptionError(f"--format must be one of {', '.join(FILE_FORMATS)}, not {fmt!r}")
     if ort_level not in ORT_LEVELS:
         raise OptionError(f"--ort-level must be one of {', '.join(ORT_LEVELS)}, not {ort_level!r}")
     source = Path(source)

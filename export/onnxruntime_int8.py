@@ -32,11 +32,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from glnet_export.atomic import atomic_outputs, check_writable
-from glnet_export.calibration import DEFAULT_COUNT, CalibrationSet, SampleBatches, load_calibration
-from glnet_export.errors import ExportError, GlnetExportError, one_line
-from glnet_export.metadata import ArtifactMetadata, Quantization
-from glnet_export.onnx_file import read_onnx, set_metadata
+from artifacts.atomic import atomic_outputs, check_writable
+from artifacts.calibration import DEFAULT_COUNT, CalibrationSet, SampleBatches, calibration_sizes, load_calibration
+from artifacts.errors import ExportError, GlnetExportError, one_line
+from artifacts.metadata import ArtifactMetadata, Quantization
+from artifacts.onnx_file import read_onnx, set_metadata
 
 from .onnx_int8_nodes import (
     INTEGER_KERNEL_OPS,
@@ -189,7 +189,6 @@ def quantize_onnxruntime_int8(onnx_path: str | Path, output_path: str | Path | N
     saying what was quantized.
     """
     from .onnxruntime import TARGET, default_output
-    from .openvino import calibration_sizes
     from .passes import ONNXRUNTIME_REQUIRES
 
     say = progress or (lambda _msg: None)

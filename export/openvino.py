@@ -14,25 +14,22 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from glnet.model import GLNet
-from glnet_export.atomic import atomic_outputs, check_writable
-from glnet_export.calibration import DEFAULT_COUNT, load_calibration
-from glnet_export.errors import ExportError, OptionError, one_line
-from glnet_export.metadata import ArtifactMetadata
-from glnet_export.onnx_file import read_onnx
-from glnet_export.verification import VerificationReport
-from runtimes.openvino import RT_INFO_KEY, OpenVinoRunner, import_openvino
+from artifacts.atomic import atomic_outputs, check_writable
+from artifacts.backends import import_openvino
+from artifacts.calibration import DEFAULT_COUNT, calibration_sizes, load_calibration
+from artifacts.errors import ExportError, OptionError, one_line
+from artifacts.metadata import ArtifactMetadata
+from artifacts.onnx_file import read_onnx
+from artifacts.openvino_ir import write_ir_metadata
 
-from .onnx import MIN_SIDE, OnnxExportOptions
 from .onnxruntime import metadata_of, refuse_runtime_only
 from .openvino_int8 import count_fake_quantize, quantization_record, quantize_int8
 from .passes.openvino_fold import fold_residual_depthwise_ov
-from .verify import VerifyOptions, verify_runner
 
 PRECISIONS = ("fp32", "fp16", "int8")
 COMPUTES = ("auto", "f32")
@@ -80,19 +77,9 @@ class OpenVinoResult:
     notes: list[str] = field(default_factory=list)
     passes: dict[str, int] = field(default_factory=dict)  # export.passes rewrites in the IR
 
-
-def calibration_sizes(meta: ArtifactMetadata) -> list[tuple[int, int]]:
-    """Resolutions to calibrate at: the export size, plus 0.75x and 1.5x when H, W are dynamic.
-
-    Ranges measured at one size do not hold at others (glnet_tiny, dynamic shape, calibrated
-    at 64 only: max rel error 0.23 at 128 x 128 and 0.11 at 49 x 81; at the three sizes:
-    0.034 and 0.029, and 0.036 instead of 0.027 at 64).
-    """
-    h, w = meta.input_size
-    if meta.dynamic != "shape":
-        return [(h, w)]
-    low = MIN_SIDE + 1  # a dynamic export starts at 33 (export.onnx)
-    return [(h, w), (max(low, round(h * 0.75)), max(low, round(w * 0.75))), (round(h * 1.5), round(w * 1.5))]
+    @property
+    def path(self) -> Path:  # what every converter's result names its file
+        return self.xml
 
 
 def read_onnx_metadata(onnx_path: Path) -> ArtifactMetadata:
@@ -185,8 +172,7 @@ def convert_openvino(
     meta = dataclasses.replace(meta, precision=options.precision, target="openvino",
                                compute_precision="f32" if options.compute == "f32" else "", graph_passes=passes,
                                quantization=quantization)
-    for key, value in meta.to_props().items():
-        model.set_rt_info(value, [RT_INFO_KEY, key])
+    write_ir_metadata(model, meta)
     say(f"writing {xml} and {bin_path(xml).name}")
     # int8: keep the float parts' weights fp32 (quantized weights become int8 on save anyway).
     write_ir(model, xml, compress_to_fp16=options.precision == "fp16")
@@ -196,81 +182,4 @@ def convert_openvino(
         nodes=len(model.get_ordered_ops()), int8_nodes=count_fake_quantize(model), kept_float=kept,
         kept_float_summary=summary, calib_images=len(calib) if calib else 0,
         seconds=time.perf_counter() - start, notes=notes, passes=passes,
-    )
-
-
-def export_openvino(
-    model: GLNet,
-    output_xml: str | Path,
-    options: OpenVinoOptions | None = None,
-    onnx_options: OnnxExportOptions | None = None,
-    checkpoint_sha256: str | None = None,
-    progress: Progress | None = None,
-) -> OpenVinoResult:
-    """A PyTorch GLNet -> IR, through a temporary ONNX file (`export.onnx.export_onnx`)."""
-    from .onnx import export_onnx
-
-    (options or OpenVinoOptions()).validate()
-    check_writable(Path(output_xml))
-    with tempfile.TemporaryDirectory(prefix="glnet-export-") as tmp:
-        onnx_path = Path(tmp) / f"{model.cfg.name}.onnx"
-        onnx_result = export_onnx(model, onnx_path, onnx_options, checkpoint_sha256=checkpoint_sha256,
-                                  progress=progress)
-        result = convert_openvino(onnx_path, output_xml, options, progress=progress)
-    result.seconds += onnx_result.seconds
-    result.notes = onnx_result.notes + result.notes
-    return result
-
-
-@dataclass
-class OpenVinoVerification:
-    report: VerificationReport
-    device: str
-    requested_precision: str | None  # what verification asked the device for (None: its default)
-    precision: str  # what ran, judged with this precision's tolerance
-    float_precision: str
-    weights_precision: str
-    int8_nodes: int
-    photos: int
-    photo_top1: float | None  # top-1 agreement with the reference on the photographs alone
-    # The smallest cosine on the photographs alone: int8 calibrated on real images clips
-    # the random-normal inputs that `verify` adds, so those alone can fail int8's cosine.
-    photo_min_cosine: float | None
-
-    @property
-    def passed(self) -> bool:
-        return self.report.passed
-
-
-def verify_openvino(
-    xml: str | Path,
-    reference: GLNet | str | Path,
-    options: VerifyOptions | None = None,
-    photos: Sequence[Path] | None = None,
-    progress: Progress | None = None,
-) -> OpenVinoVerification:
-    """Run the IR in OpenVINO and `reference` on the same inputs, at every shape it claims.
-
-    `options.precision` is the compute precision asked of the device; the default options
-    pin "fp32", so the check measures the conversion, while None lets the device choose
-    (bf16 on CPUs that have it). The tolerance is the one of what actually ran. `photos`
-    default to the sample photographs; their top-1 agreement is also reported alone.
-    """
-    options = options or VerifyOptions(precision="fp32")
-    if photos is not None:
-        options = dataclasses.replace(options, photos=list(photos))
-    cand = OpenVinoRunner(xml, device=options.device, threads=options.threads, precision=options.precision)
-    with cand:
-        report = verify_runner(cand, reference, options, progress)
-    first = report.results[0] if report.results else None
-    photo_top1 = first.photo_top1 if first else None
-    photo_cosine = first.photo_min_cosine if first else None
-    if first is not None and photo_top1 is not None and photo_cosine is not None:
-        report.notes.append(f"on the {first.photos} photographs alone: top-1 agreement {photo_top1:.1%}, "
-                            f"smallest cosine {photo_cosine:.5f}")
-    return OpenVinoVerification(
-        report=report, device=cand.device, requested_precision=options.precision, precision=cand.precision,
-        float_precision=cand.float_precision, weights_precision=cand.weights_precision,
-        int8_nodes=cand.int8_nodes, photos=first.photos if first else 0, photo_top1=photo_top1,
-        photo_min_cosine=photo_cosine,
     )

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from glnet_export.errors import ExportError, one_line
-from glnet_export.metadata import Quantization
+from artifacts.errors import ExportError, one_line
+from artifacts.metadata import Quantization
 
 # Nodes between an L2 normalisation and the logits MatMul: shape plumbing and the temperature.
 _PASS_THROUGH = frozenset({"Broadcast", "Reshape", "Transpose", "Multiply", "Convert", "Unsqueeze", "Squeeze"})
@@ -38,7 +38,7 @@ def _nncf() -> Any:
     try:
         import nncf
     except ImportError:
-        from runtimes.base import BackendUnavailableError
+        from artifacts.backends import BackendUnavailableError
 
         raise BackendUnavailableError("NNCF is not installed (needed for int8): "
                                       "pip install 'glnet-export[openvino]'") from None

@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from glnet_export.atomic import atomic_outputs, check_writable
-from glnet_export.calibration import SampleBatches
-from glnet_export.errors import ExportError, OptionError, one_line
-from glnet_export.metadata import ArtifactMetadata, MetadataError
-from glnet_export.onnx_file import read_onnx, set_metadata
+from artifacts.atomic import atomic_outputs, check_writable
+from artifacts.calibration import SampleBatches
+from artifacts.errors import ExportError, OptionError, one_line
+from artifacts.metadata import ArtifactMetadata, MetadataError
+from artifacts.onnx_file import read_onnx, set_metadata
 
 from .onnxruntime import refuse_runtime_only
 from .passes.layer_norm import fuse_channel_layer_norms
@@ -205,9 +205,9 @@ def to_fp16(model: onnx.ModelProto, keep: Iterable[str]) -> onnx.ModelProto:
 
 
 def calibration_samples(source: Path | Sequence[Path], meta: ArtifactMetadata, limit: int) -> list[np.ndarray]:
-    """Preprocessed images from a folder (`glnet_export.calibration`) or from a list of paths."""
-    from glnet_export.calibration import load_calibration
-    from glnet_export.preprocess import preprocess
+    """Preprocessed images from a folder (`artifacts.calibration`) or from a list of paths."""
+    from artifacts.calibration import load_calibration
+    from artifacts.preprocess import preprocess
 
     if isinstance(source, Path | str):
         return load_calibration(source, meta, count=limit).samples

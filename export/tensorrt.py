@@ -15,10 +15,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from glnet_export.atomic import atomic_outputs, check_writable
-from glnet_export.errors import ExportError, OptionError, one_line
-from glnet_export.metadata import ArtifactMetadata, MetadataError
-from runtimes.tensorrt import cuda_device, require_tensorrt
+from artifacts.atomic import atomic_outputs, check_writable
+from artifacts.backends import cuda_device, require_tensorrt
+from artifacts.errors import ExportError, OptionError, one_line
+from artifacts.metadata import ArtifactMetadata, MetadataError
 
 from .onnxruntime import refuse_runtime_only
 from .precision import PRECISIONS, PrecisionOptions, PrecisionResult, write_precision_onnx

@@ -2,14 +2,14 @@
 
 Everything a build decides before it touches TensorRT (the shapes it accepts, whether the
 installed TensorRT can parse the graph) lives here. The manifest and profile types that
-the runtime also reads are in `glnet_export.engine_manifest`.
+the runtime also reads are in `artifacts.engine_manifest`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from glnet_export.engine_manifest import (  # noqa: F401  (re-exported: the build side uses them by this name)
+from artifacts.engine_manifest import (  # noqa: F401  (re-exported: the build side uses them by this name)
     MANIFEST_FORMAT,
     MIN_SIDE,
     EngineManifest,
@@ -23,8 +23,8 @@ from glnet_export.engine_manifest import (  # noqa: F401  (re-exported: the buil
     parse_version,
     sha256_file,
 )
-from glnet_export.errors import OptionError
-from glnet_export.onnx_file import read_onnx
+from artifacts.errors import OptionError
+from artifacts.onnx_file import read_onnx
 
 DEFAULT_MAX_BATCH = 8
 ATTENTION_OPSET = 23  # opset 23 has ONNX `Attention`, which TensorRT parses from 10.14 on

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import get_config
@@ -31,3 +32,21 @@ def create_model(
     if deploy:
         model.to_deploy()
     return model
+
+
+@dataclass
+class LoadedModel:
+    model: GLNet
+    checkpoint_sha256: str | None  # None: random weights (no checkpoint)
+
+
+def load_model(name: str, checkpoint: str | Path | None = None, num_classes: int = 1000,
+               use_ema: bool = False) -> LoadedModel:
+    """`create_model` that also says which weights it holds (the SHA-256 artifacts record)."""
+    model = GLNet(get_config(name), num_classes=num_classes)
+    sha256 = None
+    if checkpoint is not None:
+        from .checkpoint import load_checkpoint
+
+        sha256 = load_checkpoint(model, checkpoint, use_ema=use_ema).sha256
+    return LoadedModel(model.eval(), sha256)

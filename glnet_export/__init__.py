@@ -1,3 +1,9 @@
-"""glnet-export: deploy GLNet to ONNX, OpenVINO and TensorRT, verified against PyTorch."""
+"""The `glnet-export` command line: the top layer, imported by nothing else in the project.
 
-__version__ = "0.1.0"
+Each command parses its options, calls the library function that does the work, and
+renders the typed result (rich for people, `--json` for machines). `glnet_export.cli`
+composes the commands."""
+
+from artifacts import __version__
+
+__all__ = ["__version__"]

@@ -7,14 +7,12 @@ cheap and a missing optional back-end fails only when asked for, with an install
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from glnet_export.errors import ArtifactLoadError, GlnetExportError, one_line
+from artifacts.backends import BackendUnavailableError
+from artifacts.errors import ArtifactLoadError, GlnetExportError, one_line
 
-from .base import BackendUnavailableError, Runner, RuntimeInputError, TensorSpec
-
-if TYPE_CHECKING:
-    from .predictor import Predictor
+from .base import Runner, RuntimeInputError, TensorSpec
 
 SUFFIXES = {".onnx": "onnxruntime", ".ort": "onnxruntime", ".xml": "openvino", ".engine": "tensorrt",
             ".plan": "tensorrt"}
@@ -69,14 +67,5 @@ def _runner(path: Path, backend: str, device: str, threads: int | None, precisio
     return TensorRTRunner(path, device=device, **kwargs)
 
 
-def __getattr__(name: str) -> Any:
-    # Lazy: the Predictor pulls in PIL and the labels, which a bare `import runtimes` need not.
-    if name == "Predictor":
-        from .predictor import Predictor
-
-        return Predictor
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = ["ArtifactLoadError", "BackendUnavailableError", "Predictor", "Runner", "RuntimeInputError", "TensorSpec",
+__all__ = ["ArtifactLoadError", "BackendUnavailableError", "Runner", "RuntimeInputError", "TensorSpec",
            "load"]

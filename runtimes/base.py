@@ -14,8 +14,8 @@ from typing import TypeVar
 
 import numpy as np
 
-from glnet_export.errors import GlnetExportError
-from glnet_export.metadata import ArtifactMetadata
+from artifacts.errors import GlnetExportError
+from artifacts.metadata import ArtifactMetadata
 
 Dim = int | str | None  # a fixed size, a symbolic name, or unknown
 
@@ -25,10 +25,6 @@ _R = TypeVar("_R", bound="Runner")
 
 class RuntimeInputError(GlnetExportError, ValueError):
     """An input array the artifact cannot take."""
-
-
-class BackendUnavailableError(GlnetExportError):
-    """The back-end's library is not installed (the message says what to install)."""
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from glnet_export.metadata import ArtifactMetadata, MetadataError
+from artifacts.backends import BackendUnavailableError, import_onnxruntime
+from artifacts.metadata import ArtifactMetadata, MetadataError
 
-from .base import BackendUnavailableError, Runner, RuntimeInputError, TensorSpec
+from .base import Runner, RuntimeInputError, TensorSpec
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -22,16 +23,8 @@ PROVIDERS = {
 }
 
 
-def _ort():  # type: ignore[no-untyped-def]
-    try:
-        import onnxruntime
-    except ImportError:
-        raise BackendUnavailableError("onnxruntime is not installed: pip install onnxruntime") from None
-    return onnxruntime
-
-
 def session_options(threads: int | None = None):  # type: ignore[no-untyped-def]
-    ort = _ort()
+    ort = import_onnxruntime()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
@@ -66,7 +59,7 @@ class OnnxRuntimeRunner(Runner):
 
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None) -> None:
         super().__init__()
-        ort = _ort()
+        ort = import_onnxruntime()
         if device not in PROVIDERS:
             raise BackendUnavailableError(f"onnxruntime device must be one of {', '.join(PROVIDERS)}, not {device!r}")
         wanted = PROVIDERS[device]

@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from glnet_export.metadata import ArtifactMetadata, MetadataError
+from artifacts.backends import BackendUnavailableError, import_openvino
+from artifacts.metadata import ArtifactMetadata
+from artifacts.openvino_ir import read_ir_metadata
 
-from .base import BackendUnavailableError, Runner, RuntimeInputError, TensorSpec
+from .base import Runner, RuntimeInputError, TensorSpec
 
-RT_INFO_KEY = "glnet_export"  # the IR's rt_info section holding ArtifactMetadata's fields
 # What users may ask for -> OpenVINO's INFERENCE_PRECISION_HINT value.
 PRECISION_HINTS = {"fp32": "f32", "f32": "f32", "bf16": "bf16", "fp16": "f16", "f16": "f16"}
 _OV_FLOAT = {"f32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16", "f16": "fp16", "float16": "fp16"}
@@ -31,14 +32,6 @@ _ORDER = ("fp32", "fp16", "bf16", "int8")
 _STATIC_CACHE = 8  # compiled input shapes a per-shape runner keeps (least recently used go)
 _COMPUTE_LAYERS = frozenset({"Convolution", "FullyConnected", "MatMul", "Softmax", "MVN", "RMS", "Eltwise",
                              "Subgraph", "Reduce", "ScaledDotProductAttention", "Interpolate"})
-
-
-def import_openvino() -> Any:
-    try:
-        import openvino
-    except ImportError:
-        raise BackendUnavailableError("OpenVINO is not installed: pip install 'glnet-export[openvino]'") from None
-    return openvino
 
 
 def check_device(device: str, core: Any = None) -> str:
@@ -54,20 +47,6 @@ def check_device(device: str, core: Any = None) -> str:
 
 def coarsest(*precisions: str) -> str:
     return max(precisions, key=lambda p: _ORDER.index(p) if p in _ORDER else 0)
-
-
-def read_metadata(model: Any) -> ArtifactMetadata | None:
-    """ArtifactMetadata from the IR's rt_info (written by `export.openvino`), None if absent."""
-    if not model.has_rt_info([RT_INFO_KEY]):
-        return None
-    props = {}
-    for key in ArtifactMetadata.__dataclass_fields__:
-        if model.has_rt_info([RT_INFO_KEY, key]):
-            props[key] = model.get_rt_info([RT_INFO_KEY, key]).astype(str)
-    try:
-        return ArtifactMetadata.from_props(props)
-    except MetadataError:
-        return None
 
 
 def stored_precision(model: Any) -> tuple[str, int]:
@@ -160,7 +139,7 @@ class OpenVinoRunner(Runner):
             model = core.read_model(str(path))
         except RuntimeError as exc:
             raise RuntimeInputError(f"{path}: OpenVINO cannot read it: {_first_line(exc)}") from None
-        self.metadata = read_metadata(model)
+        self.metadata = read_ir_metadata(model)
         self.weights_precision, self.int8_nodes = stored_precision(model)
         precision = precision_to_ask(self.metadata, precision)
         self.requested_precision = precision
@@ -247,6 +226,24 @@ class OpenVinoRunner(Runner):
             if len(self._static) > _STATIC_CACHE:
                 self._static.popitem(last=False)  # requests in use keep their model alive
             return entry
+
+    @property
+    def compiled_shapes(self) -> list[tuple[int, ...]]:
+        """The input shapes compiled so far by a per-shape runner, least recently used first."""
+        with self._static_lock:
+            return list(self._static)
+
+    def idle_requests(self) -> list[int]:
+        """Idle infer requests pooled per compiled shape: one is made per concurrent caller."""
+        with self._static_lock:
+            return [entry.idle.qsize() for entry in self._static.values()]
+
+    def compiled_model(self, shape: tuple[int, ...] | None = None) -> Any:
+        """The OpenVINO CompiledModel that runs inputs of `shape`: compiled for it when this
+        runner compiles per shape, else the one model it has (for benchmarks' own requests)."""
+        if self.per_shape and shape is not None:
+            return self._compiled_for(tuple(shape)).compiled
+        return self.compiled
 
     def prepare(self, shape: tuple[int, ...]) -> None:
         if self.per_shape:

@@ -14,57 +14,19 @@ needs neither TensorRT nor a GPU.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from glnet_export.engine_manifest import EngineManifest, ManifestError, check_manifest, manifest_path
-from glnet_export.metadata import ArtifactMetadata, MetadataError
+from artifacts.backends import cuda_device, require_tensorrt
+from artifacts.engine_manifest import EngineManifest, ManifestError, check_manifest, manifest_path
+from artifacts.metadata import ArtifactMetadata, MetadataError
 
-from .base import BackendUnavailableError, Runner, RuntimeInputError, TensorSpec
+from .base import Runner, RuntimeInputError, TensorSpec
 
 if TYPE_CHECKING:
     import tensorrt as trt
-
-TRT_MISSING = ("TensorRT is not installed here (it comes with JetPack on a Jetson, or "
-               "pip install 'glnet-export[tensorrt]' from NVIDIA's index)")
-
-
-def tensorrt_available() -> bool:
-    """True when the real TensorRT imports (the `tensorrt-stubs` package alone makes a bare namespace)."""
-    if importlib.util.find_spec("tensorrt") is None:
-        return False
-    try:
-        import tensorrt
-    except Exception:  # noqa: BLE001 - a broken install (no libnvinfer) is "not available"
-        return False
-    return hasattr(tensorrt, "Builder")
-
-
-def require_tensorrt(hint: str = "") -> str:
-    """The installed TensorRT version, or BackendUnavailableError with what to install."""
-    if not tensorrt_available():
-        raise BackendUnavailableError(TRT_MISSING + (f"; {hint}" if hint else ""))
-    import tensorrt as trt
-
-    return trt.__version__
-
-
-def cuda_device(device: str = "cuda") -> tuple[str, str, int]:
-    """(GPU name, compute capability "8.7", index) of `device` ("cuda", "cuda:N"), via torch.cuda."""
-    import torch
-
-    if not torch.cuda.is_available():
-        raise BackendUnavailableError("TensorRT needs an NVIDIA GPU and PyTorch built with CUDA (torch.cuda is not "
-                                      "available here; on a Jetson install NVIDIA's PyTorch wheel for JetPack)")
-    index = int(device.split(":", 1)[1]) if ":" in device else 0
-    if not 0 <= index < torch.cuda.device_count():
-        raise BackendUnavailableError(f"no GPU {device} (this machine has {torch.cuda.device_count()})")
-    major, minor = torch.cuda.get_device_capability(index)
-    return torch.cuda.get_device_name(index), f"{major}.{minor}", index
-
 
 def read_manifest(engine: Path) -> EngineManifest | None:
     path = manifest_path(engine)
@@ -78,13 +40,12 @@ def _sizes(dims: trt.Dims) -> tuple[int, ...]:
     return tuple(int(dims[i]) for i in range(len(dims)))
 
 
-class TensorRTRunner(Runner):
-    """A TensorRT engine on one GPU. `device` "cpu" (the default of `runtimes.load`) means the first GPU."""
+class LoadedEngine:
+    """A deserialized engine with its TensorRT runtime (which must outlive it), its manifest,
+    what the manifest check noted, and the GPU it lives on. The runner and the benchmark's
+    CUDA-event sessions load engines through this one path."""
 
-    backend = "tensorrt"
-
-    def __init__(self, path: str | Path, device: str = "cuda", check: bool = True, **_: Any) -> None:
-        super().__init__()
+    def __init__(self, path: str | Path, device: str = "cuda", check: bool = True) -> None:
         path = Path(path)
         version = require_tensorrt()
         import tensorrt as trt
@@ -97,17 +58,36 @@ class TensorRTRunner(Runner):
             self.notes += check_manifest(self.manifest, path, version, gpu, capability)
         elif self.manifest is None:
             self.notes.append(f"{path} has no manifest beside it: TensorRT version and GPU not checked")
-        self._torch_device = torch.device("cuda", index)
-        self.device = f"cuda:{index} ({gpu})"
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)
+        self.torch_device = torch.device("cuda", index)
+        self.gpu = gpu
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
         if self.manifest is not None and self.manifest.version_compatible:
-            self._runtime.engine_host_code_allowed = True  # the lean runtime embedded in the plan
+            self.runtime.engine_host_code_allowed = True  # the lean runtime embedded in the plan
         with torch.cuda.device(index):
-            engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
-            if engine is None:
-                raise ManifestError(f"{path}: TensorRT {version} could not deserialize the engine (built by another "
-                                    "TensorRT version or for another GPU? see TensorRT's message above)")
+            engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
+        if engine is None:
+            raise ManifestError(f"{path}: TensorRT {version} could not deserialize the engine (built by another "
+                                "TensorRT version or for another GPU? see TensorRT's message above)")
+        self.engine = engine
+
+
+class TensorRTRunner(Runner):
+    """A TensorRT engine on one GPU. `device` "cpu" (the default of `runtimes.load`) means the first GPU."""
+
+    backend = "tensorrt"
+
+    def __init__(self, path: str | Path, device: str = "cuda", check: bool = True, **_: Any) -> None:
+        super().__init__()
+        import tensorrt as trt
+        import torch
+
+        loaded = LoadedEngine(path, device, check)
+        self.notes, self.manifest = loaded.notes, loaded.manifest
+        self._torch_device = loaded.torch_device
+        self.device = f"cuda:{loaded.torch_device.index} ({loaded.gpu})"
+        self._runtime, engine = loaded.runtime, loaded.engine
+        with torch.cuda.device(self._torch_device):
             self._engine = engine
             self._context = engine.create_execution_context()
             self._stream = torch.cuda.Stream(self._torch_device)

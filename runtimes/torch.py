@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 import glnet
+from artifacts.metadata import ArtifactMetadata
 from glnet.features import GLNetFeatures
 from glnet.model import GLNet
-from glnet_export.metadata import ArtifactMetadata
 
 from .base import Runner, TensorSpec
 

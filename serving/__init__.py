@@ -1,5 +1,9 @@
-"""Serving an exported GLNet with existing engines, not a home-made server.
+"""Putting an exported GLNet to work in an application.
 
+- `serving.predictor`: the in-process `Predictor` (images in, top-k classes out, the
+  preprocessing read from the artifact) that an app embeds; `serving.slot_maps` draws the
+  semantic slots of a feature artifact. Both sit on `runtimes`, and the two servers below
+  sit on them.
 - `serving.ray_app`: a Ray Serve application (replicas, request batching, HTTP), for one
   machine or a Ray cluster. Needs `pip install 'glnet-export[serve]'`.
 - `serving.triton_repo`: a Triton Inference Server model repository entry (config.pbtxt
@@ -13,11 +17,16 @@ from __future__ import annotations
 
 from typing import Any
 
+_APP = ("ClassScore", "Prediction", "Predictor")
 _RAY = ("ServeInfo", "ServeOptions", "build_app", "query", "start", "stop")
 _TRITON = ("TritonOptions", "TritonRepoError", "TritonRepoResult", "write_triton_repo")
 
 
 def __getattr__(name: str) -> Any:
+    if name in _APP:
+        from . import prediction, predictor
+
+        return getattr(predictor if name == "Predictor" else prediction, name)
     if name in _RAY:
         from . import ray_app
 
@@ -29,4 +38,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = [*_RAY, *_TRITON]
+__all__ = [*_APP, *_RAY, *_TRITON]

@@ -1,4 +1,4 @@
-"""Ray Serve: replicas of a `runtimes.Predictor` behind one HTTP endpoint, with batching.
+"""Ray Serve: replicas of a `serving.Predictor` behind one HTTP endpoint, with batching.
 
 `start()` deploys the application. Without `address` it starts a local Ray whose servers
 listen on 127.0.0.1 only; with one ("auto", "ray://head:10001") it joins that cluster,
@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from glnet_export.errors import GlnetExportError, OptionError, one_line
-from runtimes.base import BackendUnavailableError
+from artifacts.backends import BackendUnavailableError
+from artifacts.errors import GlnetExportError, OptionError, one_line
 
 INSTALL_HINT = "Ray Serve is not installed: pip install 'glnet-export[serve]'"
 # Ray reports usage statistics to its developers unless told not to; a tool that starts
@@ -106,7 +106,7 @@ class GlnetDeployment:
 
     def __init__(self, artifact: str, options: dict[str, Any]) -> None:
         _bind_replica_grpc_to_node_ip()
-        from runtimes import Predictor
+        from serving.predictor import Predictor
 
         self.predictor = Predictor(artifact, device=options["device"], threads=options["threads"],
                                    top_k=options["top_k"], max_batch=options["max_batch"])
@@ -283,7 +283,7 @@ def query(url: str, image: str | Path, timeout: float = 30.0) -> dict[str, Any]:
 
 
 def _check_artifact(artifact: Path) -> None:
-    from runtimes import Predictor
+    from serving.predictor import Predictor
 
     with Predictor(artifact, threads=1) as predictor:
         if predictor.task != "classify":

@@ -20,15 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from glnet_export.errors import GlnetExportError, OptionError
-from glnet_export.labels import labels_for
-from glnet_export.metadata import ArtifactMetadata, MetadataError
-from glnet_export.onnx_file import read_onnx
-from runtimes.base import BackendUnavailableError
+from artifacts.backends import BackendUnavailableError
+from artifacts.errors import GlnetExportError, OptionError
+from artifacts.labels import labels_for
+from artifacts.metadata import ArtifactMetadata, MetadataError
+from artifacts.onnx_file import read_onnx
 
 INSTALL_HINT = "tritonclient is not installed: pip install 'glnet-export[triton]'"
 # artifact suffix -> (platform or backend field, value, model file names in the version folder)
-FORMATS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+TRITON_BACKENDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ".onnx": ("platform", "onnxruntime_onnx", ("model.onnx",)),
     ".engine": ("platform", "tensorrt_plan", ("model.plan",)),
     ".plan": ("platform", "tensorrt_plan", ("model.plan",)),
@@ -115,7 +115,8 @@ def _onnx_specs(path: Path) -> tuple[list[tuple[str, str, Dims]], list[tuple[str
 
 
 def _openvino_specs(path: Path) -> tuple[list[tuple[str, str, Dims]], list[tuple[str, str, Dims]], dict[str, str]]:
-    from runtimes.openvino import import_openvino, read_metadata
+    from artifacts.backends import import_openvino
+    from artifacts.openvino_ir import read_ir_metadata
 
     model = import_openvino().Core().read_model(str(path))  # reads only: nothing is compiled
 
@@ -123,7 +124,7 @@ def _openvino_specs(path: Path) -> tuple[list[tuple[str, str, Dims]], list[tuple
         dims: Dims = [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
         return port.get_any_name(), port.get_element_type().to_dtype().name, dims
 
-    meta = read_metadata(model)
+    meta = read_ir_metadata(model)
     return [spec(p) for p in model.inputs], [spec(p) for p in model.outputs], meta.to_props() if meta else {}
 
 
@@ -131,7 +132,7 @@ def _tensorrt_specs(path: Path) -> tuple[list[tuple[str, str, Dims]], list[tuple
     # No TensorRT needed: the manifest `glnet-export tensorrt` writes beside the engine has
     # the profile (which axes vary) and the metadata; output shapes come from the metadata
     # or, for feature artifacts, from the source ONNX the manifest names.
-    from glnet_export.engine_manifest import EngineManifest, manifest_path
+    from artifacts.engine_manifest import EngineManifest, manifest_path
 
     mpath = manifest_path(path)
     if not mpath.is_file():
@@ -165,10 +166,10 @@ def write_triton_repo(artifact: str | Path, repo: str | Path, options: TritonOpt
     options = options or TritonOptions()
     options.validate()
     artifact, repo = Path(artifact), Path(repo)
-    fmt = FORMATS.get(artifact.suffix.lower())
-    if fmt is None:
+    backend = TRITON_BACKENDS.get(artifact.suffix.lower())
+    if backend is None:
         raise TritonRepoError(f"{artifact}: unsupported artifact type {artifact.suffix!r} for Triton "
-                              f"(known: {', '.join(sorted(FORMATS))})")
+                              f"(known: {', '.join(sorted(TRITON_BACKENDS))})")
     if not artifact.is_file():
         raise TritonRepoError(f"{artifact}: no such file")
     name = options.name or re.sub(r"[^A-Za-z0-9_.-]", "_", artifact.stem).lstrip(".") or "glnet"
@@ -177,7 +178,7 @@ def write_triton_repo(artifact: str | Path, repo: str | Path, options: TritonOpt
         raise TritonRepoError(f"{repo}: exists and is not a folder (a Triton model repository is a folder)")
     if target.exists() and not options.overwrite:
         raise TritonRepoError(f"{target} already exists: choose another --name, or --overwrite to replace it")
-    field_name, runtime, files = fmt
+    field_name, runtime, files = backend
     mc = import_model_config()  # before any work: a missing tritonclient fails fast
 
     readers = {"onnxruntime_onnx": _onnx_specs, "tensorrt_plan": _tensorrt_specs, "openvino": _openvino_specs}
@@ -189,12 +190,12 @@ def write_triton_repo(artifact: str | Path, repo: str | Path, options: TritonOpt
     with tempfile.TemporaryDirectory(prefix="glnet-triton-") as tmp:
         notes: list[str] = []
         if runtime == "onnxruntime_onnx" and options.onnxruntime_target and meta.runtime_only is None:
-            from export.onnxruntime import convert_onnxruntime
+            from export.formats import build
 
-            converted = convert_onnxruntime(artifact, Path(tmp) / "model.onnx")
+            converted = build("onnxruntime-target", artifact, Path(tmp) / "model.onnx")
             notes.append(f"model.onnx is the onnxruntime-targeted form of {artifact.name} "
                          f"({converted.passes.describe()}); --portable keeps the file as it is")
-            artifact, meta = converted.path, converted.metadata
+            artifact, meta = Path(converted.path), converted.metadata
         return _write_entry(artifact, target, name, runtime, field_name, files, inputs, outputs, meta, mc, options,
                             notes)
 
@@ -264,7 +265,7 @@ def _type(dtype: str) -> str:
 
 
 def _tensorrt_profile_max(engine: Path) -> int:
-    from glnet_export.engine_manifest import EngineManifest, manifest_path
+    from artifacts.engine_manifest import EngineManifest, manifest_path
 
     manifest = EngineManifest.from_json(manifest_path(engine).read_text(encoding="utf-8"))
     return manifest.profiles[0].max[0]

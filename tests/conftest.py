@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import glnet
+from artifacts.photos import sample_photo_paths
 from glnet.testing import perturb_weights_
-from glnet_export.photos import sample_photo_paths
 
 # Keep timings and thread pools predictable on the 2-core CI machine.
 torch.set_num_threads(2)

@@ -6,7 +6,7 @@ top-1 "agreement" between fp32 and int8 is close to a coin toss either way. This
 inside the package, no download) for a few epochs at 32 x 32, in well under a minute on
 two CPU cores, and keeps held-out digits for calibration and evaluation.
 
-The digits are fed through `glnet_export.preprocess.preprocess` exactly as an exported
+The digits are fed through `artifacts.preprocess.preprocess` exactly as an exported
 artifact's metadata describes, so PNGs written from the held-out images and read back by
 `--calib` (or by verification) are the same inputs the network was trained on.
 """
@@ -22,9 +22,9 @@ import torch
 from PIL import Image
 
 import glnet
+from artifacts.metadata import ArtifactMetadata
+from artifacts.preprocess import preprocess
 from glnet.model import GLNet
-from glnet_export.metadata import ArtifactMetadata
-from glnet_export.preprocess import preprocess
 
 MODEL = "glnet_tiny"
 SIZE = 32  # the smallest side GLNet takes; 4x cheaper than 64 and enough for digits

@@ -22,15 +22,14 @@ import pytest
 from typer.testing import CliRunner
 
 import glnet
+from artifacts.errors import OptionError
 from bench import sysinfo
-from bench.int8 import TARGETS, baseline
 from bench.plot import PlotError, plot_latency
 from bench.profile import profile_layers
 from bench.report import CSV_COLUMNS, SCHEMA, BenchReport, ReportError, compare, load_report, write_csv, write_json
 from bench.runner import BenchOptions, Budget, bench_artifact, bench_runner
 from export.onnx import OnnxExportOptions, export_onnx
 from glnet_export.cli import app
-from glnet_export.errors import OptionError
 from runtimes.base import Runner, TensorSpec
 
 TINY = "glnet_tiny"
@@ -314,12 +313,3 @@ def test_benchmark_end_to_end(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "format" in result.output and "onnxruntime" in result.output
     assert {a["name"] for a in data["artifacts"]} >= {"pytorch", "onnxruntime"}
-
-
-def test_int8_ratios_pair_each_candidate_with_the_float_file_it_replaces() -> None:
-    """bench.int8: an IR's ratio is to the bf16 IR run the same way (its @f32 run for @f32
-    candidates), an onnxruntime file's to the portable ONNX, and every target names a pair."""
-    assert baseline("openvino int8, depthwise float") == "openvino bf16"
-    assert baseline("openvino int8, depthwise float @f32") == "openvino bf16 @f32"
-    assert baseline("onnxruntime int8") == baseline("tensorrt q/dq in onnxruntime") == "onnxruntime portable"
-    assert all(baseline(candidate) == base for candidate, base, _, _ in TARGETS)

@@ -16,12 +16,12 @@ from typer.testing import CliRunner
 
 import glnet
 import runtimes
+from artifacts.photos import sample_photo_paths
+from artifacts.preprocess import preprocess
 from export.onnx import OnnxExportOptions, export_onnx
 from glnet.checkpoint import checkpoint_sha256
 from glnet.testing import perturb_weights_
 from glnet_export.cli import app
-from glnet_export.photos import sample_photo_paths
-from glnet_export.preprocess import preprocess
 
 # The installed `glnet-export` script, run the way a shell runs it (CliRunner bypasses main()).
 CONSOLE_SCRIPT = [sys.executable, "-c", "from glnet_export.cli import main; main()"]

@@ -18,15 +18,15 @@ from typer.testing import CliRunner
 
 import glnet
 import runtimes
+from artifacts.errors import OptionError
+from artifacts.metadata import ArtifactMetadata
+from artifacts.photos import sample_photo_paths
 from export.onnx import OnnxExportOptions, export_onnx
 from glnet.features import STRIDES, GLNetFeatures, UnknownSlotBlockError, resolve_slot_blocks
 from glnet.testing import perturb_weights_
 from glnet_export.cli import app
-from glnet_export.errors import OptionError
-from glnet_export.metadata import ArtifactMetadata
-from glnet_export.photos import sample_photo_paths
-from glnet_export.slot_maps import network_input
-from runtimes.predictor import Predictor, PredictorError
+from serving.predictor import Predictor, PredictorError
+from serving.slot_maps import network_input
 
 SIZE = 128
 SLOTS = ("slots_stages.0.blocks.0", "slots_stages.2.blocks.0")  # "0.0" and "last" of glnet_tiny

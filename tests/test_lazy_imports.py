@@ -11,12 +11,12 @@ import pytest
 
 HEAVY = ["torch", "onnx", "onnxruntime", "onnxsim", "openvino", "nncf", "tensorrt", "ray", "tritonclient",
          "matplotlib", "sklearn", "skimage"]
-PACKAGES = ["glnet", "glnet_export", "export", "runtimes", "bench", "serving"]
+PACKAGES = ["glnet", "artifacts", "export", "runtimes", "verification", "bench", "serving", "glnet_export"]
 
 
 def test_cli_and_packages_import_no_heavy_module() -> None:
     code = (
-        "import sys, runtimes, export, bench, serving, glnet_export.cli\n"
+        "import sys, artifacts, runtimes, export, export.formats, verification, bench, serving, glnet_export.cli\n"
         f"print([m for m in {HEAVY!r} if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -35,7 +35,7 @@ def test_every_submodule_imports_without_the_optional_back_ends(package: str) ->
     code = (
         "import importlib, pkgutil, sys\n"
         f"for m in {OPTIONAL!r}: sys.modules[m] = None\n"
-        "from runtimes.base import BackendUnavailableError\n"
+        "from artifacts.backends import BackendUnavailableError\n"
         f"pkg = importlib.import_module({package!r})\n"
         "names = [i.name for i in pkgutil.walk_packages(pkg.__path__, prefix=pkg.__name__ + '.')]\n"
         "for name in names:\n"

@@ -22,13 +22,13 @@ from typer.testing import CliRunner
 
 import glnet
 import runtimes
+from artifacts.atomic import atomic_outputs
+from artifacts.metadata import ArtifactMetadata
 from export.onnx import OnnxExportOptions, export_onnx
-from export.verify import VerifyOptions, verify_onnx
 from glnet.testing import perturb_weights_
-from glnet_export.atomic import atomic_outputs
 from glnet_export.cli import app
-from glnet_export.metadata import ArtifactMetadata
-from glnet_export.verification import shapes_to_verify
+from verification.artifact import VerifyOptions, verify_onnx
+from verification.metrics import shapes_to_verify
 
 TINY = "glnet_tiny"
 

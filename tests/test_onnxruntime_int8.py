@@ -16,15 +16,15 @@ import torch
 from PIL import Image
 
 import glnet
+from artifacts.calibration import load_calibration
+from artifacts.errors import ExportError
+from artifacts.metadata import ArtifactMetadata
+from artifacts.preprocess import preprocess
 from export.onnx import export_onnx
 from export.onnx_int8_nodes import find_sensitive_nodes
 from export.onnxruntime_int8 import OrtInt8Result, quantize_onnxruntime_int8
 from glnet.testing import perturb_weights_
-from glnet_export.calibration import load_calibration
-from glnet_export.errors import ExportError
-from glnet_export.metadata import ArtifactMetadata
-from glnet_export.preprocess import preprocess
-from glnet_export.verification import compare_outputs, tolerance_for
+from verification.metrics import compare_outputs, tolerance_for
 
 ort = pytest.importorskip("onnxruntime")
 

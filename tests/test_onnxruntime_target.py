@@ -20,15 +20,15 @@ import torch
 from typer.testing import CliRunner
 
 import glnet
+from artifacts.errors import ArtifactLoadError, ExportError, OptionError
+from artifacts.metadata import ArtifactMetadata
+from artifacts.photos import sample_photo_paths
+from artifacts.preprocess import preprocess
 from export.onnx import OnnxExportOptions, export_onnx
 from export.onnxruntime import convert_onnxruntime, default_output
 from export.passes import ONNX_PASSES, ONNXRUNTIME_REQUIRES
 from glnet.testing import perturb_weights_
 from glnet_export.cli import app
-from glnet_export.errors import ArtifactLoadError, ExportError, OptionError
-from glnet_export.metadata import ArtifactMetadata
-from glnet_export.photos import sample_photo_paths
-from glnet_export.preprocess import preprocess
 
 # glnet_tiny: 3 GLMix blocks (a relation MHA each) + 2 grid MHSA blocks; 5 pos_conv + 5
 # MLP residual depthwise convolutions; 2 channel LayerNorms and one residual sum per GLMix.

@@ -17,15 +17,16 @@ from helpers_trained import TrainedDigits, train_digits
 from typer.testing import CliRunner
 
 import glnet
+from artifacts.backends import BackendUnavailableError
+from artifacts.calibration import CalibrationError, calibration_sizes
 from export.onnx import OnnxExportOptions, export_onnx
-from export.openvino import OpenVinoOptions, calibration_sizes, convert_openvino, verify_openvino
+from export.openvino import OpenVinoOptions, convert_openvino
 from export.openvino_int8 import find_sensitive_nodes
-from export.verify import VerifyOptions
 from glnet.testing import perturb_weights_
-from glnet_export.calibration import CalibrationError
 from glnet_export.cli import app
-from runtimes.base import BackendUnavailableError
 from runtimes.openvino import OpenVinoRunner
+from verification.artifact import VerifyOptions
+from verification.openvino import verify_openvino
 
 ov = pytest.importorskip("openvino")
 pytest.importorskip("nncf")
@@ -125,15 +126,15 @@ def test_dynamic_ir_is_compiled_static_per_shape_and_computes_the_same(tiny_fp32
         expected = [dynamic.infer(x) for x in inputs]
     with OpenVinoRunner(tiny_fp32, precision="fp32") as static:
         assert static.per_shape and static.inputs[0].shape == ("batch", 3, "height", "width")
-        assert list(static._static) == [(1, 3, 64, 64)]  # compiled at load: batch 1 at the export size
+        assert static.compiled_shapes == [(1, 3, 64, 64)]  # compiled at load: batch 1 at the export size
         assert static.precision == "fp32"
         for x, want in zip(inputs + inputs, expected + expected, strict=True):
             got = static.infer(x)
             assert got.shape == want.shape
             assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
-        assert sorted(static._static) == sorted(set(SHAPES))  # each shape compiled once
+        assert sorted(static.compiled_shapes) == sorted(set(SHAPES))  # each shape compiled once
         static.prepare((5, 3, 64, 64))  # what bench does before a cold run
-        assert (5, 3, 64, 64) in static._static
+        assert (5, 3, 64, 64) in static.compiled_shapes
 
 
 def test_runner_errors_are_clear(tiny_fp32: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -252,7 +253,7 @@ def test_default_precision_at_batch_1_agrees_with_pytorch_on_trained_digits(digi
 
 
 def _digit_input(path: Path, runner: OpenVinoRunner) -> np.ndarray:
-    from glnet_export.preprocess import preprocess
+    from artifacts.preprocess import preprocess
 
     assert runner.metadata is not None
     return preprocess(path, runner.metadata)

@@ -17,15 +17,15 @@ from typer.testing import CliRunner
 
 import glnet
 import runtimes
+from artifacts.errors import GlnetExportError, OptionError
+from artifacts.photos import sample_photo_paths
 from export.onnx import OnnxExportOptions, _quiet_exporter, export_onnx
 from export.passes.layer_norm import fuse_channel_layer_norms
 from export.precision import PrecisionOptions, sensitive_nodes, to_fp16, write_precision_onnx
-from export.verify import VerifyOptions, verify_artifact
 from glnet.blocks import GLMixBlock
 from glnet.testing import perturb_weights_
 from glnet_export.cli import app
-from glnet_export.errors import GlnetExportError, OptionError
-from glnet_export.photos import sample_photo_paths
+from verification.artifact import VerifyOptions, verify_artifact
 
 FLOAT, FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
 

@@ -1,4 +1,4 @@
-"""`runtimes.Predictor`: images in, classes out, configured by the artifact alone.
+"""`serving.Predictor`: images in, classes out, configured by the artifact alone.
 
 One tiny classifier is exported per module; photographs are the real ones verification
 uses. The threading test runs 8 threads x 50 calls against the single-threaded results.
@@ -18,12 +18,11 @@ import torch
 from PIL import Image
 
 import glnet
+from artifacts.labels import imagenet1k_labels
+from artifacts.preprocess import ImageError
 from export.onnx import OnnxExportOptions, export_onnx
-from glnet_export.labels import imagenet1k_labels
-from glnet_export.prediction import Prediction
-from glnet_export.preprocess import ImageError
-from runtimes import Predictor
-from runtimes.predictor import PredictorError
+from serving.prediction import Prediction
+from serving.predictor import Predictor, PredictorError
 
 SIZE = 160  # a small input keeps 400 threaded calls to a few seconds on two cores
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "classify_folder.py"
@@ -169,7 +168,7 @@ def test_openvino_predictor_pools_requests_across_threads(artifact: Path, small_
         reference = ort.predict(small_arrays[0])
         first = ov.predict(small_arrays[0])
         # Requests are pooled per compiled input shape; the predictor only ever sends batch 1.
-        pools = [entry.idle.qsize() for entry in ov.runner._static.values()]  # type: ignore[attr-defined]
+        pools = ov.runner.idle_requests()  # type: ignore[attr-defined]
     assert not errors, errors[:3]
     _assert_same(results, expected)
     assert len(pools) == 1 and 1 <= pools[0] <= 8, "at most one infer request per concurrent caller"

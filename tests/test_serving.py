@@ -30,12 +30,12 @@ import pytest
 from typer.testing import CliRunner
 
 import glnet
+from artifacts.labels import imagenet1k_labels
+from artifacts.metadata import ArtifactMetadata
 from export.onnx import OnnxExportOptions, export_onnx
 from export.trt_profiles import EngineManifest, Profile, manifest_path
 from glnet_export.cli import app
-from glnet_export.labels import imagenet1k_labels
-from glnet_export.metadata import ArtifactMetadata
-from runtimes import Predictor
+from serving.predictor import Predictor
 
 SIZE = 128
 HAVE_RAY = importlib.util.find_spec("ray") is not None
@@ -274,7 +274,7 @@ def test_triton_repo_for_a_tensorrt_engine_from_its_manifest(dynamic_onnx: Path,
 
 @needs_triton
 def test_triton_repo_errors_are_one_clear_line(dynamic_onnx: Path, tmp_path: Path) -> None:
-    from glnet_export.errors import OptionError
+    from artifacts.errors import OptionError
     from serving.triton_repo import TritonOptions, TritonRepoError, write_triton_repo
 
     repo = tmp_path / "repo"

@@ -21,6 +21,9 @@ from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
 import runtimes
+from artifacts.backends import TRT_MISSING, BackendUnavailableError, tensorrt_available
+from artifacts.errors import OptionError
+from artifacts.metadata import ArtifactMetadata
 from export.tensorrt import TensorRTBuildOptions, plan_build
 from export.trt_profiles import (
     EngineManifest,
@@ -36,10 +39,6 @@ from export.trt_profiles import (
     resolve_profile,
 )
 from glnet_export.cli import app
-from glnet_export.errors import OptionError
-from glnet_export.metadata import ArtifactMetadata
-from runtimes.base import BackendUnavailableError
-from runtimes.tensorrt import TRT_MISSING, tensorrt_available
 
 ROOT = Path(__file__).resolve().parent.parent
 HAVE_GPU_TRT = tensorrt_available() and torch.cuda.is_available()
@@ -181,7 +180,7 @@ def test_cli_refuses_bad_profiles_before_any_work(tmp_path: Path) -> None:
 
 
 def test_tensorrt_modules_import_without_tensorrt() -> None:
-    code = ("import sys, export.tensorrt, runtimes.tensorrt, glnet_export.cli.tensorrt_cmd; "
+    code = ("import sys, export.tensorrt, runtimes.tensorrt, glnet_export.tensorrt_cmd; "
             "assert 'tensorrt' not in sys.modules and 'tensorrt_bindings' not in sys.modules, 'imported eagerly'")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
 
@@ -245,7 +244,7 @@ def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_engine_builds_runs_and_matches_onnxruntime(tiny_onnx: Path, tmp_path: Path, precision: str) -> None:
     from export.tensorrt import build_engine
-    from glnet_export.verification import compare_outputs, tolerance_for
+    from verification.metrics import compare_outputs, tolerance_for
 
     cache = tmp_path / "timing.cache"
     options = TensorRTBuildOptions(precision=precision, max_shape=(4, 3, 224, 224), workspace_mb=1024,

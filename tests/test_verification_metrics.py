@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from glnet_export.metadata import ArtifactMetadata
-from glnet_export.verification import (
+from artifacts.metadata import ArtifactMetadata
+from verification.metrics import (
     DEFAULT_TOLERANCES,
     check,
     compare_outputs,

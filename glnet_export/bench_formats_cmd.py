@@ -1,0 +1,88 @@
+"""`glnet-export bench --model M`: every format of the format table that works here,
+exported, verified against PyTorch and timed, in one table. (`benchmark --model M`, the
+command's first name, is a hidden alias.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from .common import checked_output, err, handle_errors, human_bytes, model_from_options, out, write_json
+
+STATUS_STYLE = {"ok": "green", "FAILED": "red", "error": "red", "skipped": "yellow"}
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "-" if value is None or value != value else format(value, spec)
+
+
+def suite_table(result: Any, title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for name in ("format", "status", "precision", "file size", "max abs err", "top-1", "p50 ms", "img/s", "vs eager",
+                 "export s"):
+        table.add_column(name, justify="left" if name in ("format", "status", "precision") else "right", no_wrap=True)
+    eager = next((r.p50_ms for r in result.rows if r.format == "pytorch"), None)
+    reasons = []
+    for r in result.rows:
+        status = f"[{STATUS_STYLE.get(r.status, 'white')}]{r.status}[/]"
+        if r.reason:
+            reasons.append(f"{r.format}: {r.reason}")
+            status += f" ({len(reasons)})"
+        table.add_row(r.format, status, r.precision or "-", human_bytes(r.size_bytes) if r.size_bytes else "-",
+                      _num(r.max_abs, ".2e"), _num(r.top1, ".0%"), _num(r.p50_ms, ".1f"), _num(r.throughput, ".1f"),
+                      _num(r.p50_ms / eager if eager and r.p50_ms else None, ".2f"),
+                      _num(r.export_s if r.export_s else None, ".1f"))
+    table.caption = ("max abs err and top-1 against PyTorch on the sample photographs and random inputs; p50 from "
+                     "all formats timed in alternation; vs eager: p50 / PyTorch's p50 (below 1: faster than eager)"
+                     + "".join(f"\n({i}) {escape(t)}" for i, t in
+                                                                   enumerate(reasons, 1)))
+    return table
+
+
+@handle_errors
+def bench_formats(
+    model: Annotated[str, typer.Option("--model", "-m", help="Variant name (see `glnet-export models`).")],
+    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", "-c", help="Trained weights (.pth).")] = None,
+    use_ema: Annotated[bool, typer.Option("--ema", help="Use the checkpoint's EMA weights.")] = False,
+    input_size: Annotated[str, typer.Option("--input-size", help="N or HxW.")] = "224",
+    batch: Annotated[int, typer.Option(help="Batch size timed.")] = 1,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: the runtimes').")] = None,
+    formats: Annotated[str | None, typer.Option(help="Comma-separated names from the format table "
+                                                "(`glnet-export formats`; default: all).")] = None,
+    calib: Annotated[Path | None, typer.Option("--calib", help="int8 calibration images (default: the sample "
+                                               "photographs, too few for a real deployment).")] = None,
+    iters: Annotated[int, typer.Option(help="Timing rounds (each: 1 settling + 3 timed runs per format).")] = 10,
+    workdir: Annotated[Path | None, typer.Option(help="Keep the artifacts in this folder (default: removed).")]
+    = None,
+    gpu: Annotated[str, typer.Option(help="Device of the TensorRT engines.")] = "cuda",
+    json_path: Annotated[Path | None, typer.Option("--json", callback=checked_output,
+                                                   help="Write the results as JSON ('-': stdout).")] = None,
+) -> None:
+    """Export MODEL to every format that works here, verify each against PyTorch, time each: one table."""
+    from bench.report import BenchReport, jsonable, to_dict
+    from bench.suite import SuiteOptions, run_suite
+    from bench.sysinfo import collect_device_info
+    from export.formats import parse_formats
+    from export.onnx import parse_input_size
+
+    options = SuiteOptions(input_size=parse_input_size(input_size), batch=batch, threads=threads,
+                           formats=parse_formats(formats), calib=calib, workdir=workdir, rounds=iters, gpu=gpu)
+    options.validate()
+    net, sha256 = model_from_options(model, checkpoint, use_ema=use_ema)
+    device = collect_device_info(threads)
+    if device.busy_cpus and device.busy_cpus > 0.25:
+        err.print(f"[yellow]WARNING:[/] other processes keep {device.busy_cpus:.1f} CPUs busy: timings will be noisy")
+    with err.status(f"benchmarking {model}") as status:
+        result = run_suite(net, options, checkpoint_sha256=sha256, progress=status.update)
+    report = BenchReport("benchmark", device, jsonable(options), result.artifacts,
+                         extra={"model": model, "weights": result.weights, "formats": jsonable(result.rows)})
+    write_json(to_dict(report), json_path)
+    if json_path is None or str(json_path) != "-":
+        h, w = options.input_size
+        out.print(suite_table(result, f"{model}, {batch}x3x{h}x{w}, on {device.summary()}"))
+    if any(r.status in ("FAILED", "error") for r in result.rows):  # "skipped": not available on this machine
+        raise typer.Exit(1)
