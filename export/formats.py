@@ -125,9 +125,10 @@ def openvino_format(precision: str) -> Format:
 # --- default file names: one rule per converter, shared by the commands and the all-format table
 
 
-def default_output(fmt: Format, source: Path | str, **options: Any) -> Path:
-    """Where `fmt` is written by default: beside the source file, or `MODEL.onnx` in the
+def default_output(entry: Format, source: Path | str, **options: Any) -> Path:
+    """Where a format is written by default: beside the source file, or `MODEL.onnx` in the
     working folder for a model (`source` is then the model's name)."""
+    fmt = entry
     settings = {**fmt.options, **options}
     source = Path(source)
     if fmt.converter == "onnx":
@@ -196,8 +197,6 @@ def check_options(entry: Format | str, calib: str | Path | None = None, **option
     fmt = get_format(entry) if isinstance(entry, str) else entry
     if not fmt.converter:
         raise OptionError(f"{fmt.name} is the PyTorch reference: there is no file to build")
-    if fmt.calibrated and calib is None:
-        raise OptionError(f"{fmt.name} needs calibration images: --calib DIR")
     settings = {**fmt.options, **options}
     calib_dir = Path(calib) if calib is not None else None
     if fmt.converter == "openvino":
@@ -212,6 +211,8 @@ def check_options(entry: Format | str, calib: str | Path | None = None, **option
         from .onnx import OnnxExportOptions
 
         OnnxExportOptions(**settings).validate()
+    if fmt.calibrated and calib is None:  # the converters above say it in their own words first
+        raise OptionError(f"{fmt.name} needs calibration images: --calib DIR")
     return fmt
 
 

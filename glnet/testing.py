@@ -12,6 +12,8 @@ from typing import TypeVar
 import torch
 from torch import nn
 
+from .model import GLNet
+
 M = TypeVar("M", bound=nn.Module)
 
 
@@ -41,3 +43,15 @@ def perturb_weights_(model: M, seed: int = 0) -> M:
         elif name.endswith("init_slots"):
             param.copy_(rand(param.shape))
     return model
+
+
+def seeded_model(name: str, seed: int = 0, num_classes: int = 1000) -> GLNet:
+    """Variant `name` in eval mode, every weight fixed by `seed`: its initialisation draws
+    from a generator seeded here (torch's global one is left as it was), then
+    `perturb_weights_`. The same seed gives the same model, whatever ran before."""
+    from .factory import create_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = create_model(name, num_classes=num_classes)
+    return perturb_weights_(model, seed=seed).eval()

@@ -1,5 +1,6 @@
-"""`bench` and `benchmark`: statistics, result files, device information, per-layer tables,
-the plot and both commands end to end, on glnet_tiny.
+"""The bench family (`bench ARTIFACT...`, `bench --model M`, `bench compare`): statistics,
+result files, device information, per-layer tables, the plot and the commands end to end,
+on glnet_tiny.
 
 No test bounds a wall-clock time (the machine is shared): timings are checked for
 consistency (order of percentiles, counts, cold run apart), and the statistics for
@@ -21,7 +22,6 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import glnet
 from artifacts.errors import OptionError
 from bench import sysinfo
 from bench.plot import PlotError, plot_latency
@@ -29,6 +29,7 @@ from bench.profile import profile_layers
 from bench.report import CSV_COLUMNS, SCHEMA, BenchReport, ReportError, compare, load_report, write_csv, write_json
 from bench.runner import BenchOptions, Budget, bench_artifact, bench_runner
 from export.onnx import OnnxExportOptions, export_onnx
+from glnet.testing import seeded_model
 from glnet_export.cli import app
 from runtimes.base import Runner, TensorSpec
 
@@ -41,7 +42,7 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | str]
     """A dynamic-shape tiny ONNX file and, when OpenVINO is installed, its IR (or why not)."""
     folder = tmp_path_factory.mktemp("bench")
     found: dict[str, Path | str] = {"onnx": folder / "tiny.onnx"}
-    export_onnx(glnet.create_model(TINY), found["onnx"], OnnxExportOptions(dynamic="shape", input_size=(64, 64)))
+    export_onnx(seeded_model(TINY), found["onnx"], OnnxExportOptions(dynamic="shape", input_size=(64, 64)))
     try:
         import openvino  # noqa: F401
 
@@ -288,9 +289,9 @@ def test_cli_bench_ctrl_c_prints_what_was_measured(tmp_path: Path, monkeypatch: 
     assert data["interrupted"] and data["artifacts"][0]["results"][0]["latency"]["runs"] == 4
 
 
-def test_benchmark_end_to_end(tmp_path: Path) -> None:
+def test_bench_by_model_end_to_end(tmp_path: Path) -> None:
     formats = "pytorch,onnxruntime,onnxruntime-target,onnxruntime-int8,openvino-fp32,openvino-int8,tensorrt-fp32"
-    result = CliRunner().invoke(app, ["benchmark", "--model", TINY, "--input-size", "64", "--iters", "1",
+    result = CliRunner().invoke(app, ["bench", "--model", TINY, "--input-size", "64", "--iters", "1",
                                       "--threads", "2", "--formats", formats, "--json", str(tmp_path / "b.json")])
     data = load_report(tmp_path / "b.json")
     rows = {r["format"]: r for r in data["extra"]["formats"]}

@@ -22,7 +22,7 @@ from artifacts.calibration import CalibrationError, calibration_sizes
 from export.onnx import OnnxExportOptions, export_onnx
 from export.openvino import OpenVinoOptions, convert_openvino
 from export.openvino_int8 import find_sensitive_nodes
-from glnet.testing import perturb_weights_
+from glnet.testing import seeded_model
 from glnet_export.cli import app
 from runtimes.openvino import OpenVinoRunner
 from verification.artifact import VerifyOptions
@@ -37,9 +37,7 @@ SHAPES = [(1, 3, 64, 64), (3, 3, 64, 64), (1, 3, 128, 128), (2, 3, 49, 81)]
 
 @pytest.fixture(scope="module")
 def tiny() -> glnet.GLNet:
-    model = glnet.create_model(TINY)
-    perturb_weights_(model, seed=5)
-    return model.eval()
+    return seeded_model(TINY, seed=5)
 
 
 @pytest.fixture(scope="module")

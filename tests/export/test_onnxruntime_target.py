@@ -19,7 +19,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import glnet
 from artifacts.errors import ArtifactLoadError, ExportError, OptionError
 from artifacts.metadata import ArtifactMetadata
 from artifacts.photos import sample_photo_paths
@@ -27,7 +26,7 @@ from artifacts.preprocess import preprocess
 from export.onnx import OnnxExportOptions, export_onnx
 from export.onnxruntime import convert_onnxruntime, default_output
 from export.passes import ONNX_PASSES, ONNXRUNTIME_REQUIRES
-from glnet.testing import perturb_weights_
+from glnet.testing import seeded_model
 from glnet_export.cli import app
 
 # glnet_tiny: 3 GLMix blocks (a relation MHA each) + 2 grid MHSA blocks; 5 pos_conv + 5
@@ -38,7 +37,7 @@ EXPECTED_PASSES = {"attention": 5, "residual_fold": 10, "layer_norm": 6, "conv_s
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     folder = tmp_path_factory.mktemp("ort_target")
-    model = perturb_weights_(glnet.create_model("glnet_tiny"), seed=11).eval()
+    model = seeded_model("glnet_tiny", seed=11)
     for name, param in model.named_parameters():  # non-zero attention biases: the fused node must carry them
         if name.endswith(("in_proj_bias", "out_proj.bias")):
             param.data.normal_(0, 0.5)

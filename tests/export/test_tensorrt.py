@@ -40,7 +40,7 @@ from export.trt_profiles import (
 )
 from glnet_export.cli import app
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HAVE_GPU_TRT = tensorrt_available() and torch.cuda.is_available()
 needs_trt = pytest.mark.skipif(not HAVE_GPU_TRT, reason="TensorRT is not installed here (no NVIDIA GPU; TensorRT "
                                "comes with JetPack or NVIDIA's index)")
@@ -227,14 +227,13 @@ def test_mypy_checks_the_tensorrt_code_against_tensorrt_stubs(tmp_path: Path) ->
 
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import glnet
     from export.onnx import OnnxExportOptions, export_onnx
-    from glnet.testing import perturb_weights_
+    from glnet.testing import seeded_model
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("trt") / "glnet_tiny.onnx"
     # Perturbed: a fresh init's identity LayerNorms and BatchNorms would hide a lost affine.
-    export_onnx(perturb_weights_(glnet.create_model("glnet_tiny").eval(), seed=7), path,
+    export_onnx(seeded_model("glnet_tiny", seed=7), path,
                 OnnxExportOptions(dynamic="batch"))
     return path
 

@@ -15,7 +15,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import glnet
 import runtimes
 from artifacts.errors import GlnetExportError, OptionError
 from artifacts.photos import sample_photo_paths
@@ -23,7 +22,7 @@ from export.onnx import OnnxExportOptions, _quiet_exporter, export_onnx
 from export.passes.layer_norm import fuse_channel_layer_norms
 from export.precision import PrecisionOptions, sensitive_nodes, to_fp16, write_precision_onnx
 from glnet.blocks import GLMixBlock
-from glnet.testing import perturb_weights_
+from glnet.testing import seeded_model
 from glnet_export.cli import app
 from verification.artifact import VerifyOptions, verify_artifact
 
@@ -35,7 +34,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-d
     torch.manual_seed(0)
     # Perturbed weights: with a fresh init every LayerNorm is the identity affine and a
     # fusion that lost (or swapped) a norm's scale and bias would still compute the same.
-    net = perturb_weights_(glnet.create_model("glnet_tiny").eval(), seed=7)
+    net = seeded_model("glnet_tiny", seed=7)
     path = tmp_path_factory.mktemp("precision") / "glnet_tiny.onnx"
     export_onnx(net, path, OnnxExportOptions(dynamic="batch"))
     return net, path

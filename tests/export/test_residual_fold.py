@@ -11,14 +11,13 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import glnet
 from export.onnx import OnnxExportOptions, export_onnx
 from export.onnxruntime import convert_onnxruntime
 from export.openvino import OpenVinoOptions, convert_openvino
 from export.passes.openvino_fold import fold_residual_depthwise_ov
 from export.passes.residual_fold import fold_residual_depthwise
 from glnet.layers import ResidualDWConv
-from glnet.testing import perturb_weights_
+from glnet.testing import seeded_model
 from runtimes.openvino import OpenVinoRunner
 
 C = 4
@@ -80,7 +79,7 @@ def test_only_exact_matches_fold_and_outputs_stay_the_same(convs: list, extra_us
 
 
 def test_the_portable_file_keeps_its_residual_adds_and_the_onnxruntime_file_folds_them(tmp_path: Path) -> None:
-    model = perturb_weights_(glnet.create_model("glnet_tiny"), seed=3)
+    model = seeded_model("glnet_tiny", seed=3)
     residual = sum(1 for name, module in model.named_modules()
                    if isinstance(module, ResidualDWConv) or (name.endswith("pos_conv") and module is not None))
     assert residual == 10
@@ -116,7 +115,7 @@ def test_openvino_folds_the_same_matches(convs: list, extra_use: bool, expected:
 
 def test_openvino_ir_built_for_f32_is_folded_and_asks_for_f32(tmp_path: Path) -> None:
     pytest.importorskip("openvino")
-    model = perturb_weights_(glnet.create_model("glnet_tiny"), seed=3)
+    model = seeded_model("glnet_tiny", seed=3)
     path = tmp_path / "tiny.onnx"
     export_onnx(model, path, OnnxExportOptions(dynamic="batch", input_size=(64, 64)))
     auto = convert_openvino(path, tmp_path / "tiny.xml", OpenVinoOptions(precision="fp32"))

@@ -159,7 +159,7 @@ def test_imports_stay_lazy_and_missing_ray_says_what_to_install() -> None:
     code = ("import sys; import serving; assert 'ray' not in sys.modules and 'tritonclient' not in sys.modules\n"
             "sys.modules['ray'] = None\n"
             "try:\n    import serving.ray_app\nexcept Exception as e:\n    print(type(e).__name__, e)\n")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 0, result.stderr
     assert "BackendUnavailableError" in result.stdout and "pip install 'glnet-export[serve]'" in result.stdout

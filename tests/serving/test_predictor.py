@@ -25,7 +25,7 @@ from serving.prediction import Prediction
 from serving.predictor import Predictor, PredictorError
 
 SIZE = 160  # a small input keeps 400 threaded calls to a few seconds on two cores
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "classify_folder.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "classify_folder.py"
 
 
 @pytest.fixture(scope="module")

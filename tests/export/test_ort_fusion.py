@@ -9,15 +9,14 @@ import numpy as np
 import onnx
 import pytest
 
-import glnet
 from export.onnx import OnnxExportOptions, export_onnx
 from export.passes.attention import fuse_attention
-from glnet.testing import perturb_weights_
+from glnet.testing import seeded_model
 
 
 @pytest.fixture(scope="module", params=["batch", "shape"])
 def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    model = perturb_weights_(glnet.create_model("glnet_tiny"), seed=5)
+    model = seeded_model("glnet_tiny", seed=5)
     # Non-zero attention biases: the fused node must carry them.
     for name, param in model.named_parameters():
         if name.endswith(("in_proj_bias", "out_proj.bias")):

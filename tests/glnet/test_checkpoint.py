@@ -22,7 +22,7 @@ from glnet.checkpoint import (
 )
 from glnet.testing import perturb_weights_
 
-LAYOUT_JSON = Path(__file__).resolve().parent / "data" / "glnet_checkpoint_layout.json"
+LAYOUT_JSON = Path(__file__).resolve().parents[1] / "data" / "glnet_checkpoint_layout.json"
 
 
 def _model(name: str, seed: int = 0, num_classes: int = 1000) -> GLNet:
