@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -35,6 +38,41 @@ def tiny_model() -> glnet.GLNet:
     in eval mode: the model the Predictor, feature and serving tests export and compare
     with. Shared by those modules, so a test must not change it."""
     return seeded_model("glnet_tiny", seed=11)
+
+
+def _fingerprint(model: torch.nn.Module) -> str:
+    digest = hashlib.sha1(type(model).__name__.encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_trace_per_model_and_options() -> Iterator[None]:
+    """The dynamo trace is most of an export's time (8-25 s for glnet_tiny, a minute for
+    glnet_4g). The same weights traced with the same options give the same graph, so a
+    session traces each once and every export gets a copy of it; everything after the trace
+    (passes, simplification, checks, metadata, the atomic write) runs each time. A test that
+    patches what the trace uses (the deploy switch, torch.onnx.export) gets its own trace."""
+    import export.onnx as exporter
+
+    trace = exporter.trace_to_onnx
+    traces: dict[tuple[object, ...], onnx.ModelProto] = {}
+
+    def cached(model: glnet.GLNet, options: exporter.OnnxExportOptions) -> onnx.ModelProto:
+        key = (_fingerprint(model), glnet.GLNet.to_deploy, torch.onnx.export, options.opset, options.input_size,
+               options.batch, options.dynamic, options.features, options.slot_blocks)
+        if key not in traces:
+            traces[key] = trace(model, options)
+        proto = onnx.ModelProto()
+        proto.CopyFrom(traces[key])
+        return proto
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(exporter, "trace_to_onnx", cached)
+    yield
+    patch.undo()
 
 
 @pytest.fixture(autouse=True)

@@ -58,8 +58,10 @@ def test_one_naming_rule_for_every_format(name: str, options: dict[str, str], ex
 
 
 def test_bad_options_are_refused_before_any_work(tmp_path: Path) -> None:
-    with pytest.raises(OptionError, match="needs calibration images"):
+    with pytest.raises(OptionError, match="--precision int8 needs --calib DIR"):  # the converter's own words
         check_options("openvino-int8")
+    with pytest.raises(OptionError, match="onnxruntime-int8 needs calibration images: --calib DIR"):
+        check_options("onnxruntime-int8")
     with pytest.raises(OptionError, match="--compute must be one of"):
         check_options("openvino-auto", compute="f16")
     with pytest.raises(OptionError, match="at least 32x32"):

@@ -8,10 +8,8 @@ its fix (4).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,6 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-import export.onnx as export_onnx_module
 import glnet
 import runtimes
 from artifacts.atomic import atomic_outputs
@@ -31,27 +28,6 @@ from verification.artifact import verify_onnx
 from verification.metrics import shapes_to_verify
 
 TINY = "glnet_tiny"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _traced_once() -> Iterator[None]:
-    """The dynamo trace is most of an export's time (8-15 s for glnet_tiny): tests that
-    export the same model with the same options reuse one trace (a copy of it) and still
-    run everything after it (simplification, optimisation, checks, the atomic write)."""
-    traces: dict[tuple[object, ...], onnx.ModelProto] = {}
-    trace = export_onnx_module.trace_to_onnx
-
-    def cached(model: glnet.GLNet, options: OnnxExportOptions) -> onnx.ModelProto:
-        key = (id(model), glnet.GLNet.to_deploy, *dataclasses.astuple(options))
-        if key not in traces:
-            traces[key] = trace(model, options)
-        copy_ = onnx.ModelProto()
-        copy_.CopyFrom(traces[key])
-        return copy_
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(export_onnx_module, "trace_to_onnx", cached)
-        yield
 
 
 @pytest.fixture(scope="module")

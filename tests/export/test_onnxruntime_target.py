@@ -19,6 +19,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import glnet
 from artifacts.errors import ArtifactLoadError, ExportError, OptionError
 from artifacts.metadata import ArtifactMetadata
 from artifacts.photos import sample_photo_paths
@@ -26,6 +27,7 @@ from artifacts.preprocess import preprocess
 from export.onnx import OnnxExportOptions, export_onnx
 from export.onnxruntime import convert_onnxruntime, default_output
 from export.passes import ONNX_PASSES, ONNXRUNTIME_REQUIRES
+from export.passes.attention import fuse_attention
 from glnet.testing import seeded_model
 from glnet_export.cli import app
 
@@ -34,13 +36,21 @@ from glnet_export.cli import app
 EXPECTED_PASSES = {"attention": 5, "residual_fold": 10, "layer_norm": 6, "conv_sums": 3}
 
 
+def _tiny_with_attention_biases() -> glnet.GLNet:
+    """glnet_tiny, seeded, with non-zero attention biases: the fused node must carry them."""
+    model = seeded_model("glnet_tiny", seed=11)
+    gen = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(("in_proj_bias", "out_proj.bias")):
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.5)
+    return model
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     folder = tmp_path_factory.mktemp("ort_target")
-    model = seeded_model("glnet_tiny", seed=11)
-    for name, param in model.named_parameters():  # non-zero attention biases: the fused node must carry them
-        if name.endswith(("in_proj_bias", "out_proj.bias")):
-            param.data.normal_(0, 0.5)
+    model = _tiny_with_attention_biases()
     portable = folder / "tiny.onnx"
     export_onnx(model, portable, OnnxExportOptions(dynamic="shape", input_size=(96, 96)))
     targeted = folder / "tiny_ort.onnx"
@@ -198,3 +208,45 @@ def test_tensorrt_provider_check_refuses_the_targeted_file_before_any_session(fi
         _refuse_for_tensorrt(files["targeted"], ort)
     assert "\n" not in str(info.value) and "com.microsoft.Attention" in str(info.value)
     _refuse_for_tensorrt(files["portable"], ort)  # the portable file passes
+
+
+# --- the attention fusion pass on its own (export.passes.attention) ---------------------
+
+
+@pytest.fixture(scope="module", params=["batch", "shape"])
+def exported(request: pytest.FixtureRequest, files: dict[str, object]) -> Path:
+    """The portable files the fusion starts from: the module's dynamic-shape one, and one
+    with a dynamic batch (fixed height and width) of the same model."""
+    if request.param == "shape":
+        return files["portable"]  # type: ignore[return-value]
+    path = files["folder"] / "tiny_batch.onnx"  # type: ignore[operator]
+    if not path.exists():
+        export_onnx(files["model"], path, OnnxExportOptions(dynamic="batch", input_size=(96, 96)))  # type: ignore[arg-type]
+    return path
+
+
+def test_every_attention_is_fused(exported: Path) -> None:
+    model = onnx.load(exported)
+    before = Counter(n.op_type for n in model.graph.node)
+    # glnet_tiny: a relation MHA in each of its 3 GLMix blocks, 2 grid MHSA blocks.
+    assert fuse_attention(model) == 5
+    after = Counter(n.op_type for n in model.graph.node)
+    assert after["Attention"] == 5
+    assert after["Softmax"] == before["Softmax"] - 5, "the 6 GLMix slot softmaxes stay"
+    onnx.checker.check_model(model)
+
+
+def test_the_fused_file_computes_the_same(exported: Path, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    model = onnx.load(exported)
+    assert fuse_attention(model) == 5
+    fused_path = tmp_path / "fused.onnx"
+    onnx.save(model, fused_path)
+    rng = np.random.default_rng(0)
+    plain, fused = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (exported, fused_path))
+    dynamic = model.graph.input[0].type.tensor_type.shape.dim[2].dim_param != ""
+    for shape in [(2, 3, 96, 96)] + ([(1, 3, 131, 97)] if dynamic else []):
+        x = rng.standard_normal(shape, dtype=np.float32)
+        a, b = plain.run(None, {"input": x})[0], fused.run(None, {"input": x})[0]
+        assert float(np.abs(a - b).max() / np.abs(a).max()) < 1e-5
