@@ -130,3 +130,31 @@ def model_from_options(name: str, checkpoint: Path | None, num_classes: int = 10
         err.print(f"[bold yellow]WARNING:[/] no --checkpoint given: RANDOM weights of {name} "
                   "(fine for latency work; its predictions mean nothing)")
     return loaded.model, loaded.checkpoint_sha256
+
+
+def finish_export(result: Any, report: Any, summary: Any, json_path: Path | None, reference: str,
+                  verification: Any = None) -> None:
+    """How every converting command ends: the JSON (`--json -`: stdout, the verdict on
+    stderr), or the summary table, the converter's notes and the verification table; then
+    the verdict, a non-zero exit when the written file does not match `reference`.
+    `report` is the VerificationReport (None: --no-verify); `verification` what goes into
+    the JSON when it says more than the report (OpenVINO's precision record)."""
+    from .render import verification_table
+
+    write_json({"export": result, "verification": verification or report}, json_path)
+    failed = f"verification FAILED: {result.path} was written but does not match {reference}"
+    if json_path is not None and str(json_path) == "-":  # stdout holds the JSON; the verdict goes to stderr
+        if report is not None and not report.passed:
+            raise fail(failed)
+        raise typer.Exit(0)
+    out.print(summary)
+    for note in result.notes:
+        err.print(f"[yellow]note:[/] {escape(note)}")
+    if report is None:
+        out.print("[yellow]not verified[/] (--no-verify)")
+        return
+    out.print(verification_table(report))
+    if not report.passed:
+        raise fail(f"{failed} (see the table above)")
+    out.print(f"[bold green]PASSED[/] {escape(str(result.path))} ({report.candidate}) matches "
+              f"{escape(str(reference))} at {len(report.results)} shape(s)")

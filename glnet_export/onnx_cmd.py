@@ -9,8 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import checked_output, err, fail, handle_errors, human_bytes, model_from_options, out, write_json
-from .render import verification_table
+from .common import checked_output, err, fail, finish_export, handle_errors, human_bytes, model_from_options
 
 
 @handle_errors
@@ -64,22 +63,7 @@ def onnx(
         if verify:
             report = verify_onnx(result.path, net, vopts, progress=status.update)
 
-    write_json({"export": result, "verification": report}, json_path)
-    if json_path is not None and str(json_path) == "-":  # stdout holds the JSON; the verdict goes to stderr
-        if report is not None and not report.passed:
-            raise fail(f"verification FAILED: {result.path} was written but does not match PyTorch")
-        raise typer.Exit(0)
-    out.print(_summary(result, checkpoint))
-    for note in result.notes:
-        err.print(f"[yellow]note:[/] {note}")
-    if report is not None:
-        out.print(verification_table(report))
-        if not report.passed:
-            raise fail(f"verification FAILED: {result.path} was written but does not match PyTorch "
-                       "(see the table above)")
-        out.print(f"[bold green]PASSED[/] {result.path} matches PyTorch at {len(report.results)} shape(s)")
-    else:
-        out.print("[yellow]not verified[/] (--no-verify)")
+    finish_export(result, report, _summary(result, checkpoint), json_path, "PyTorch")
 
 
 def _summary(result, checkpoint: Path | None) -> Table:  # type: ignore[no-untyped-def]

@@ -13,15 +13,12 @@ from rich.table import Table
 from .common import (
     checked_output,
     err,
-    fail,
+    finish_export,
     handle_errors,
     human_bytes,
     model_from_options,
-    out,
     reference_for,
-    write_json,
 )
-from .render import verification_table
 
 if TYPE_CHECKING:
     from export.openvino import OpenVinoResult
@@ -111,24 +108,9 @@ def openvino(
         if verify:
             verification = verify_openvino(result.xml, reference, vopts, progress=status.update)
 
-    write_json({"export": result, "verification": verification}, json_path)
-    if json_path is not None and str(json_path) == "-":  # stdout holds the JSON; the verdict goes to stderr
-        if verification is not None and not verification.passed:
-            raise fail(f"verification FAILED: {result.xml} was written but does not match "
-                       f"{verification.report.reference}")
-        raise typer.Exit(0)
-    out.print(_summary(result, source, checkpoint, verification))
-    for note in result.notes:
-        err.print(f"[yellow]note:[/] {note}")
-    if verification is None:
-        out.print("[yellow]not verified[/] (--no-verify)")
-        return
-    out.print(verification_table(verification.report))
-    if not verification.passed:
-        raise fail(f"verification FAILED: {result.xml} was written but does not match "
-                   f"{verification.report.reference} (see the table above)")
-    out.print(f"[bold green]PASSED[/] {result.xml} ({verification.report.candidate}) matches "
-              f"{verification.report.reference} at {len(verification.report.results)} shape(s)")
+    report = verification.report if verification is not None else None
+    finish_export(result, report, _summary(result, source, checkpoint, verification), json_path,
+                  report.reference if report is not None else "", verification)
 
 
 def _summary(result: OpenVinoResult, source: Path | None, checkpoint: Path | None,

@@ -10,9 +10,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import checked_output, err, fail, handle_errors, human_bytes, out, reference_for, write_json
+from .common import checked_output, err, finish_export, handle_errors, human_bytes, reference_for
 from .onnx_cmd import target_line
-from .render import verification_table
 
 if TYPE_CHECKING:
     from verification.metrics import VerificationReport
@@ -105,25 +104,10 @@ def _verify(path: Path, reference: Any, vopts: Any, progress: Any) -> Verificati
 
 def _finish(result: Any, report: VerificationReport | None, rows: dict[str, str], title: str,
             json_path: Path | None) -> None:
-    """The JSON or the summary table, then the verification verdict (non-zero exit on failure)."""
-    write_json({"export": result, "verification": report}, json_path)
-    if json_path is not None and str(json_path) == "-":
-        if report is not None and not report.passed:
-            raise fail(f"verification FAILED: {result.path} was written but does not match {report.reference}")
-        raise typer.Exit(0)
+    """The summary table of `rows`, then what every converting command ends with."""
     table = Table(show_header=False, box=None, title=title, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
     for key, value in rows.items():
         table.add_row(key, value)
-    out.print(table)
-    for note in result.notes:
-        err.print(f"[yellow]note:[/] {escape(note)}")
-    if report is None:
-        out.print("[yellow]not verified[/] (--no-verify)")
-        return
-    out.print(verification_table(report))
-    if not report.passed:
-        raise fail(f"verification FAILED: {result.path} was written but does not match {report.reference}")
-    out.print(f"[bold green]PASSED[/] {escape(str(result.path))} ({report.precision}) matches "
-              f"{escape(str(report.reference))} at {len(report.results)} shape(s)")
+    finish_export(result, report, table, json_path, report.reference if report is not None else "")

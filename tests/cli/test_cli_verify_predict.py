@@ -10,8 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
 import torch
+from onnx import numpy_helper
 from typer.testing import CliRunner
 
 import glnet
@@ -40,8 +43,17 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                 checkpoint_sha256=checkpoint_sha256(ckpt))
     random = folder / "random.onnx"
     export_onnx(model, random, OnnxExportOptions(input_size=(96, 96)))
-    other_onnx = folder / "other.onnx"  # the same architecture with other weights
-    export_onnx(glnet.create_model("glnet_tiny", checkpoint=other), other_onnx, OnnxExportOptions(input_size=(96, 96)))
+    # The same graph with other weights: every float initializer of random.onnx moved (an
+    # export of other.pth would give the same, one dynamo trace later).
+    proto = onnx.load(random)
+    rng = np.random.default_rng(8)
+    for init in proto.graph.initializer:
+        weights = numpy_helper.to_array(init)
+        if weights.dtype == np.float32 and weights.size > 1:
+            moved = weights + rng.standard_normal(weights.shape).astype(np.float32) * 0.2
+            init.CopyFrom(numpy_helper.from_array(moved, init.name))
+    other_onnx = folder / "other.onnx"
+    onnx.save(proto, other_onnx)
     return {"ckpt": ckpt, "other": other, "onnx": with_ckpt, "random": random, "other_onnx": other_onnx}
 
 

@@ -195,27 +195,6 @@ def test_failed_optimizer_keeps_the_graph_and_says_why(tiny: glnet.GLNet, tmp_pa
     assert verify_onnx(result.path, tiny).passed
 
 
-# --- full size ----------------------------------------------------------------------
-
-
-def test_one_line_dynamic_export_of_the_deploy_form(tiny: glnet.GLNet, tmp_path: Path) -> None:
-    # The deploy form is what makes GLNet exportable: a plain torch.onnx.export of it, with
-    # every axis dynamic, is right at other sizes (no glnet_export code involved). glnet_tiny
-    # has every block type of the full variants; glnet_4g's dynamic-shape export is checked
-    # below, through the exporter.
-    deploy = copy.deepcopy(tiny).to_deploy()
-    path = tmp_path / "g4.onnx"
-    dims = {0: torch.export.Dim("b", min=1, max=64), 2: torch.export.Dim("h", min=32, max=2048),
-            3: torch.export.Dim("w", min=32, max=2048)}
-    torch.onnx.export(deploy, (torch.randn(2, 3, 224, 224),), path, dynamo=True, external_data=False,
-                      dynamic_shapes={"x": dims})
-    with runtimes.load(path) as runner:
-        rng = np.random.default_rng(0)
-        for shape in [(1, 3, 224, 224), (1, 3, 256, 256), (2, 3, 288, 352)]:
-            x = rng.standard_normal(shape, dtype=np.float32)
-            assert _rel(_torch(tiny, x), runner.infer(x)) < 1e-5, shape
-
-
 def test_written_artifacts_get_the_usual_file_mode(tmp_path: Path) -> None:
     # Written through private temporary files (mkstemp makes them 0600), artifacts must
     # still be readable by a serving process running as another user, as any new file is.

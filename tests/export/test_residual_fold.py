@@ -116,8 +116,8 @@ def test_openvino_folds_the_same_matches(convs: list, extra_use: bool, expected:
 def test_openvino_ir_built_for_f32_is_folded_and_asks_for_f32(tmp_path: Path) -> None:
     pytest.importorskip("openvino")
     model = seeded_model("glnet_tiny", seed=3)
-    path = tmp_path / "tiny.onnx"
-    export_onnx(model, path, OnnxExportOptions(dynamic="batch", input_size=(64, 64)))
+    path = tmp_path / "tiny.onnx"  # as exported above: the session traces it once
+    export_onnx(model, path, OnnxExportOptions(dynamic="shape", input_size=(64, 64)))
     auto = convert_openvino(path, tmp_path / "tiny.xml", OpenVinoOptions(precision="fp32"))
     f32 = convert_openvino(path, tmp_path / "tiny_f32.xml", OpenVinoOptions(precision="fp32", compute="f32"))
     assert auto.passes == {} and auto.metadata.compute_precision == ""
