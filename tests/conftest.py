@@ -26,6 +26,22 @@ torch.set_num_threads(max(1, min(2, (os.cpu_count() or 2) // _WORKERS)))
 DATA = Path(__file__).resolve().parent / "data"
 
 
+# pytest-xdist runs each module on one worker (`--dist loadgroup`, a group per module).
+# Modules that export the same seeded model with the same options share a group, so that
+# the session's trace cache (below) traces it once for all of them.
+SHARED_WORKER = {
+    "tests/export/test_openvino.py": "glnet_tiny seed 3, dynamic shape, 64 x 64",
+    "tests/export/test_residual_fold.py": "glnet_tiny seed 3, dynamic shape, 64 x 64",
+    "tests/bench/test_bench.py": "glnet_tiny seed 3, dynamic shape, 64 x 64",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(SHARED_WORKER.get(module, module)))
+
+
 @pytest.fixture(scope="session")
 def reference_layout() -> dict[str, dict[str, list[int]]]:
     """The authors' checkpoint layout (copied from shared/reference into tests/data)."""

@@ -37,7 +37,7 @@ SHAPES = [(1, 3, 64, 64), (3, 3, 64, 64), (1, 3, 128, 128), (2, 3, 49, 81)]
 
 @pytest.fixture(scope="module")
 def tiny() -> glnet.GLNet:
-    return seeded_model(TINY, seed=5)
+    return seeded_model(TINY, seed=3)  # as test_bench and test_residual_fold: one trace serves all three
 
 
 @pytest.fixture(scope="module")
