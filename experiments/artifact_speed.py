@@ -39,7 +39,7 @@ from bench.timing import make_inputs
 from experiments.results import default_help, results_path
 from experiments.targets import quiet_moment, say
 from export.formats import build
-from glnet.testing import perturb_weights_
+from glnet.testing import seeded_model
 
 BARE_TOLERANCE = 0.03
 TARGETED_LIMIT, TARGETED_STRETCH = 0.48, 0.45
@@ -102,7 +102,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    model = perturb_weights_(glnet.create_model(args.model)).eval()
+    model = seeded_model(args.model, seed=0)
     shape = (1, 3, 224, 224)
 
     def eager(x: np.ndarray) -> object:

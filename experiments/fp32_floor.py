@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 import torch
 
-import glnet
 from artifacts.backends import import_openvino
 from artifacts.openvino_ir import read_ir_metadata
 from bench.runner import interleave, paired_ratio
@@ -35,7 +34,7 @@ from bench.timing import make_inputs
 from experiments.results import default_help, results_path
 from export.formats import build
 from glnet.complexity import count_complexity
-from glnet.testing import perturb_weights_
+from glnet.testing import seeded_model
 from runtimes.openvino import PRECISION_HINTS, precision_to_ask
 from runtimes.torch import TorchRunner
 
@@ -88,7 +87,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    model = perturb_weights_(glnet.create_model(args.model)).eval()
+    model = seeded_model(args.model, seed=0)
     shape = (1, 3, 224, 224)
     with tempfile.TemporaryDirectory() as tmp:
         path = build("onnxruntime", model, Path(tmp) / f"{args.model}.onnx", dynamic="batch").path

@@ -41,7 +41,7 @@ from bench.timing import make_inputs
 from experiments.results import default_help, results_path
 from experiments.targets import MIN_TOP1, agreement, photo_crops, quiet_moment, say
 from export.formats import build
-from glnet.testing import perturb_weights_
+from glnet.testing import seeded_model
 from runtimes.torch import TorchRunner
 
 # (candidate, baseline, batch, limit)
@@ -101,7 +101,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    model = perturb_weights_(glnet.create_model(args.model)).eval()
+    model = seeded_model(args.model, seed=0)
     device = collect_device_info(args.threads)
     say(f"{args.model} on {device.summary()}")
     rows: dict[str, dict[str, Any]] = {}

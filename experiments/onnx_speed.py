@@ -22,13 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import glnet
 import runtimes
 from bench.runner import interleave, paired_ratio
 from bench.timing import make_inputs
 from experiments.results import default_help, results_path
 from export.formats import build
-from glnet.testing import perturb_weights_
+from glnet.testing import seeded_model
 
 
 def main() -> None:
@@ -44,7 +43,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    model = perturb_weights_(glnet.create_model(args.model))
+    model = seeded_model(args.model, seed=0)
     results: dict[str, object] = {"model": args.model, "threads": args.threads, "torch": torch.__version__}
     with tempfile.TemporaryDirectory() as tmp:
         path = args.onnx

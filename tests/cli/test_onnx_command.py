@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import rel_error, torch_logits
 from typer.testing import CliRunner
 
 import glnet
@@ -23,15 +24,6 @@ TINY = "glnet_tiny"
 @pytest.fixture(scope="module")
 def tiny() -> glnet.GLNet:
     return seeded_model(TINY, seed=3)
-
-
-def _torch(model: glnet.GLNet, x: np.ndarray) -> np.ndarray:
-    with torch.inference_mode():
-        return model(torch.from_numpy(x)).numpy()
-
-
-def _rel(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a - b).max() / np.abs(a).max())
 
 
 def _cli(*args: str) -> tuple[int, str, str]:
@@ -106,7 +98,7 @@ def test_cli_with_checkpoint_records_its_sha256(tiny: glnet.GLNet, tmp_path: Pat
     assert props["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
     with runtimes.load(out) as runner:
         x = np.random.default_rng(1).standard_normal((2, 3, 64, 64), dtype=np.float32)
-        assert _rel(_torch(tiny, x), runner.infer(x)) < 1e-5
+        assert rel_error(torch_logits(tiny, x), runner.infer(x)) < 1e-5
 
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import rel_error, torch_logits
 from onnx import numpy_helper
 
 import glnet
@@ -33,15 +34,6 @@ TINY = "glnet_tiny"
 @pytest.fixture(scope="module")
 def tiny() -> glnet.GLNet:
     return seeded_model(TINY, seed=3)
-
-
-def _torch(model: glnet.GLNet, x: np.ndarray) -> np.ndarray:
-    with torch.inference_mode():
-        return model(torch.from_numpy(x)).numpy()
-
-
-def _rel(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a - b).max() / np.abs(a).max())
 
 
 @pytest.mark.parametrize("dynamic", ["none", "batch", "shape"])
@@ -72,7 +64,7 @@ def test_tiny_export_runs_right_at_other_shapes(dynamic: str, tiny: glnet.GLNet,
                                          if dynamic == "shape" else [])
         for shape in shapes:
             x = rng.standard_normal(shape, dtype=np.float32)
-            assert _rel(_torch(tiny, x), runner.infer(x)) < 1e-5, shape
+            assert rel_error(torch_logits(tiny, x), runner.infer(x)) < 1e-5, shape
 
 
 def test_metadata_is_stored_and_parsed_back(tiny: glnet.GLNet, tmp_path: Path) -> None:

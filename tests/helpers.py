@@ -1,0 +1,19 @@
+"""Small functions the test modules share (importable: tests/ is on sys.path via conftest)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import glnet
+
+
+def torch_logits(model: glnet.GLNet, x: np.ndarray) -> np.ndarray:
+    """The PyTorch model's output for a numpy batch, as numpy."""
+    with torch.inference_mode():
+        return model(torch.from_numpy(x)).numpy()
+
+
+def rel_error(reference: np.ndarray, other: np.ndarray) -> float:
+    """max |reference - other| / max |reference|: the relative error verification reports."""
+    return float(np.abs(reference - other).max() / np.abs(reference).max())
