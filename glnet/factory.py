@@ -22,13 +22,7 @@ def create_model(
     strictly. `deploy=True` returns the export-friendly form. `use_ema` picks the EMA
     weights of a checkpoint that has them.
     """
-    cfg = get_config(name)
-    model = GLNet(cfg, num_classes=num_classes)
-    if checkpoint is not None:
-        from .checkpoint import load_checkpoint
-
-        load_checkpoint(model, checkpoint, use_ema=use_ema)
-    model.eval()
+    model = load_model(name, checkpoint, num_classes=num_classes, use_ema=use_ema).model
     if deploy:
         model.to_deploy()
     return model
