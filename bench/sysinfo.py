@@ -22,6 +22,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .jetson import read_clock_state, read_power_mode
+
 LIBRARIES = ("glnet-export", "torch", "numpy", "onnx", "onnxruntime", "openvino", "nncf", "tensorrt")
 # CPU features that change which kernels (and precisions) the runtimes pick.
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8", "asimd",
@@ -55,6 +57,8 @@ class DeviceInfo:
     board_model: str = ""  # /proc/device-tree/model: "NVIDIA Jetson Orin Nano ..." on a Jetson
     power_mode: str = ""  # Jetson nvpmodel mode, e.g. "15W (0)"
     l4t_release: str = ""  # Jetson Linux release line
+    clocks_locked: bool | None = None  # Jetson: `jetson_clocks` holds the clocks at their maximum; None: not a
+    # Jetson, or `jetson_clocks --show` unreadable (it needs root)
     libraries: dict[str, str] = field(default_factory=dict)
     collected_at: str = ""
     busy_cpus: float | None = None  # CPUs busy with other work just before measuring (see `busy_cpus`)
@@ -68,10 +72,23 @@ class DeviceInfo:
             parts.append(f"{self.memory_bytes / 2**30:.0f} GiB")
         parts += [f"{g.name} (driver {g.driver or '?'})" for g in self.gpus]
         if self.board_model:
-            parts.append(self.board_model + (f", power mode {self.power_mode}" if self.power_mode else ""))
+            clocks = {True: ", clocks locked", False: ", clocks NOT locked", None: ""}[self.clocks_locked]
+            parts.append(self.board_model + (f", power mode {self.power_mode}" if self.power_mode else "") + clocks)
         if self.busy_cpus and self.busy_cpus >= 0.05:  # "0.0 CPUs busy" says nothing
             parts.append(f"{self.busy_cpus:.1f} CPUs busy with other work")
         return "; ".join(parts)
+
+    def clock_warning(self) -> str:
+        """One line for a benchmark on a Jetson whose clocks may scale during the run; "" otherwise."""
+        if not self.board_model and not self.l4t_release:
+            return ""
+        if self.clocks_locked is False:
+            return ("the Jetson's clocks are not locked: they scale between requests and timings vary; "
+                    "run `sudo jetson_clocks` first")
+        if self.clocks_locked is None:
+            return ("could not tell whether the Jetson's clocks are locked (`jetson_clocks --show` needs root); "
+                    "run `sudo jetson_clocks` first for steady timings")
+        return ""
 
 
 def _read(path: Path) -> str:
@@ -156,12 +173,8 @@ def jetson_info(device_tree: Path = Path("/proc/device-tree/model"),
                 release: Path = Path("/etc/nv_tegra_release")) -> tuple[str, str, str]:
     """(board model, nvpmodel power mode, L4T release); empty strings off a Jetson."""
     model = _read(device_tree).replace("\x00", "").strip()
-    power = ""
-    text = _command("nvpmodel", "-q")
-    match = re.search(r"NV Power Mode:\s*(.+)", text)
-    if match:
-        ids = [line.strip() for line in text.splitlines() if line.strip().isdigit()]
-        power = match.group(1).strip() + (f" ({ids[0]})" if ids else "")
+    mode = read_power_mode(_command)
+    power = str(mode) if mode else ""
     l4t = _read(release).splitlines()
     return model, power, (l4t[0].lstrip("# ").strip() if l4t else "")
 
@@ -239,11 +252,13 @@ def collect_device_info(threads: int | None = None, idle_sample_s: float = 1.0) 
     except AttributeError:  # not on Linux
         logical = os.cpu_count() or 1
     board, power, l4t = jetson_info()
+    clocks = read_clock_state(_command) if board or l4t else None
     return DeviceInfo(
         hostname=socket.gethostname(), os=platform.platform(), python=platform.python_version(),
         arch=platform.machine(), cpu_model=model, cpu_cores=cores, cpu_logical=logical, cpu_quota=cpu_quota(),
         cpu_flags=flags, memory_bytes=memory_bytes(), threads=threads, gpus=gpu_info(), board_model=board,
-        power_mode=power, l4t_release=l4t, libraries=library_versions(),
+        power_mode=power, l4t_release=l4t, clocks_locked=clocks.locked if clocks else None,
+        libraries=library_versions(),
         collected_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         busy_cpus=busy_cpus(idle_sample_s) if idle_sample_s > 0 else None,
     )
