@@ -125,3 +125,18 @@ def test_off_a_jetson_the_clocks_are_not_asked_for(monkeypatch: pytest.MonkeyPat
     assert info.clocks_locked is None and info.power_mode == "" and info.clock_warning() == ""
     assert not [argv for argv in run.calls if "jetson_clocks" in argv or argv[0] == "sudo"]
     assert device_from_dict({"hostname": "old result, written before clocks_locked"}).clocks_locked is None
+
+
+def test_bench_warns_once_when_the_jetson_clocks_are_not_locked(monkeypatch: pytest.MonkeyPatch,
+                                                                 tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from glnet_export.cli import app
+
+    run = FakeRun({("jetson_clocks", "--show"): recorded(CLOCKS.format("orin_nano_25w_dynamic"))})
+    info = _device(monkeypatch, tmp_path, run, jetson=True)
+    monkeypatch.setattr(sysinfo, "collect_device_info", lambda *a, **k: info)
+    result = CliRunner().invoke(app, ["bench", str(tmp_path / "missing.onnx"), "--iters", "1"])
+    assert result.exit_code == 1  # the file is missing: the warning came before that
+    warnings = [line for line in result.output.splitlines() if "clocks are not locked" in line]
+    assert len(warnings) == 1 and "sudo jetson_clocks" in warnings[0]
