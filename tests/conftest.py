@@ -79,24 +79,53 @@ def _fingerprint(model: torch.nn.Module) -> str:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _one_trace_per_model_and_options() -> Iterator[None]:
+def _one_trace_per_model_and_options(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The dynamo trace is most of an export's time (8-25 s for glnet_tiny, a minute for
     glnet_4g). The same weights traced with the same options give the same graph, so a
     session traces each once and every export gets a copy of it; everything after the trace
-    (passes, simplification, checks, metadata, the atomic write) runs each time. A test that
-    patches what the trace uses (the deploy switch, torch.onnx.export) gets its own trace."""
+    (passes, simplification, checks, metadata, the atomic write) runs each time.
+
+    Under pytest-xdist the traces are kept on disk in the folder the workers share, behind
+    a lock per trace, so that two workers needing the same graph trace it once between
+    them. A test that patches what the trace uses (the deploy switch, torch.onnx.export)
+    gets its own trace, kept in memory only."""
+    from filelock import FileLock  # torch's own dependency
+
     import export.onnx as exporter
 
     trace = exporter.trace_to_onnx
+    to_deploy, torch_export = glnet.GLNet.to_deploy, torch.onnx.export
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the session's folder, above each worker's own
+    shared = shared / "onnx-traces"
+    shared.mkdir(exist_ok=True)
     traces: dict[tuple[object, ...], onnx.ModelProto] = {}
 
+    def traced(model: glnet.GLNet, options: exporter.OnnxExportOptions) -> onnx.ModelProto:
+        fields = (_fingerprint(model), options.opset, options.input_size, options.batch, options.dynamic,
+                  options.features, options.slot_blocks)
+        if glnet.GLNet.to_deploy is not to_deploy or torch.onnx.export is not torch_export:
+            key = (*fields, glnet.GLNet.to_deploy, torch.onnx.export)  # a patched trace: this process only
+            if key not in traces:
+                traces[key] = trace(model, options)
+            return traces[key]
+        if fields not in traces:
+            name = hashlib.sha1(repr(fields).encode()).hexdigest()
+            file = shared / f"{name}.onnx"
+            with FileLock(str(file) + ".lock"):
+                if file.is_file():
+                    traces[fields] = onnx.load_model_from_string(file.read_bytes())
+                else:
+                    traces[fields] = trace(model, options)
+                    partial = file.with_suffix(".partial")
+                    partial.write_bytes(traces[fields].SerializeToString())
+                    partial.replace(file)
+        return traces[fields]
+
     def cached(model: glnet.GLNet, options: exporter.OnnxExportOptions) -> onnx.ModelProto:
-        key = (_fingerprint(model), glnet.GLNet.to_deploy, torch.onnx.export, options.opset, options.input_size,
-               options.batch, options.dynamic, options.features, options.slot_blocks)
-        if key not in traces:
-            traces[key] = trace(model, options)
         proto = onnx.ModelProto()
-        proto.CopyFrom(traces[key])
+        proto.CopyFrom(traced(model, options))
         return proto
 
     patch = pytest.MonkeyPatch()
