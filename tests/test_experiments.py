@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
 from experiments.int8 import TARGETS, baseline
 
 
@@ -12,3 +19,147 @@ def test_int8_ratios_pair_each_candidate_with_the_float_file_it_replaces() -> No
     assert baseline("openvino int8, depthwise float @f32") == "openvino bf16 @f32"
     assert baseline("onnxruntime int8") == baseline("tensorrt q/dq in onnxruntime") == "onnxruntime portable"
     assert all(baseline(candidate) == base for candidate, base, _, _ in TARGETS)
+
+
+# --- experiments.device_check: the TensorRT path on a GPU machine; here only its stop, its
+# budget and its wiring can run (no TensorRT, no GPU), with fakes for the build, verify and bench.
+
+def test_device_check_stops_cleanly_without_tensorrt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from artifacts.backends import tensorrt_available
+    from experiments import device_check
+
+    if tensorrt_available():
+        pytest.skip("TensorRT is installed here")
+    out = tmp_path / "check.json"
+    assert device_check.main(["--json", str(out)]) == 2
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 1 and printed[0].startswith("device check skipped: TensorRT is not installed")
+    data = json.loads(out.read_text())
+    assert data["schema"] == device_check.SCHEMA and data["status"] == "skipped" and data["steps"] == []
+    assert "TensorRT" in data["reason"] and data["budget_s"] == 450
+
+
+def test_device_check_stops_cleanly_without_a_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    from experiments import device_check
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.setattr(device_check, "require_tensorrt", lambda: "10.3.0.30")  # as on a machine that has it
+    assert device_check.main(["--json", str(tmp_path / "c.json")]) == 2
+    assert "needs an NVIDIA GPU" in capsys.readouterr().out
+    data = json.loads((tmp_path / "c.json").read_text())
+    assert data["status"] == "skipped" and data["tensorrt"] == "10.3.0.30"
+
+
+def test_device_check_budget_dependencies_and_failures(tmp_path: Path) -> None:
+    from experiments.device_check import Run, StepFailed
+
+    now = [0.0]
+    run = Run(100.0, tmp_path / "r.json", clock=lambda: now[0])
+    calls: list[str] = []
+
+    def fails() -> None:
+        raise ValueError("no such layer")
+
+    def mismatch() -> None:
+        raise StepFailed("fp16 does not match", {"max_rel": 0.5})
+
+    ok = run.step("export", lambda: calls.append("export") or {"nodes": 3}, needs_s=10)
+    bad = run.step("build", fails, needs_s=10, after=ok)
+    after_bad = run.step("verify", lambda: calls.append("verify"), after=bad)
+    kept = run.step("verify other", mismatch)
+    now[0] = 95.0
+    late = run.step("bench", lambda: calls.append("bench"), needs_s=10)
+    assert calls == ["export"]  # neither the dependent nor the late step ran
+    assert [s.status for s in run.steps] == ["ok", "failed", "skipped", "failed", "skipped"]
+    assert bad.error == "no such layer" and after_bad.error == "needs build, which was failed"
+    assert kept.result == {"max_rel": 0.5} and "5 s of 100 s left" in late.error
+    assert run.finish("complete") == 1
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["status"] == "complete" and [s["name"] for s in data["steps"]][-1] == "bench"
+    assert Run(1.0, tmp_path / "s.json").finish("complete") == 0
+
+
+@dataclass
+class _Manifest:
+    profiles: list[Any]
+    metadata: dict[str, str]
+
+
+@dataclass
+class _Built:
+    path: Path
+    manifest: _Manifest
+
+
+@dataclass
+class _Shape:
+    shape: tuple[int, ...]
+    passed: bool
+    failures: list[str]
+
+
+@dataclass
+class _Report:
+    results: list[_Shape]
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.results)
+
+
+@dataclass
+class _Cell:
+    batch: int
+    error: str = ""
+
+
+@dataclass
+class _Bench:
+    results: list[_Cell]
+
+
+def test_device_check_runs_every_step_of_a_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wiring, with the format table's build, the verification and the bench replaced by fakes
+    (the real ones need TensorRT and a GPU): which steps run in which order, with what."""
+    import bench.runner
+    import export.formats
+    import glnet.testing
+    import verification.artifact
+    from artifacts.engine_manifest import Profile
+    from artifacts.metadata import ArtifactMetadata
+    from experiments.device_check import Run, check_model, has_option
+    from export.tensorrt import TensorRTBuildOptions
+
+    profile = Profile("input", (1, 3, 224, 224), (1, 3, 224, 224), (8, 3, 224, 224))
+    built: list[tuple[str, dict[str, Any]]] = []
+
+    def build(fmt: str, source: Any, output: Path, **options: Any) -> Any:
+        built.append((fmt, options))
+        return _Built(output, _Manifest([profile], ArtifactMetadata("glnet_tiny", 1000).to_props()))
+
+    def verify(engine: Path, reference: Path, options: Any) -> _Report:
+        bad = "int8" in engine.name  # the int8 engine is off
+        return _Report([_Shape(s, not bad, ["cosine 0.9 < 0.99"] if bad else []) for s in options.shapes])
+
+    monkeypatch.setattr(export.formats, "build", build)
+    monkeypatch.setattr(glnet.testing, "seeded_model", lambda name: name)
+    monkeypatch.setattr(verification.artifact, "verify_artifact", verify)
+    monkeypatch.setattr(bench.runner, "bench_artifact", lambda path, options: _Bench([_Cell(1), _Cell(8)]))
+    run = Run(450.0, tmp_path / "r.json")
+    check_model(run, "glnet_tiny", tmp_path, tmp_path / "calib", tmp_path / "timing.cache")
+    names = [s.name for s in run.steps]
+    graphs = 2 if has_option(bench.runner.BenchOptions, "cuda_graph") else 1  # on and off, where it can
+    assert names[:3] == ["glnet_tiny export", "glnet_tiny fp32 build", "glnet_tiny fp32 verify"]
+    assert len(names) == 1 + 3 * (2 + graphs) and sum("bench" in n for n in names) == 3 * graphs
+    assert [f for f, _ in built] == ["onnxruntime", "tensorrt-fp32", "tensorrt-fp16", "tensorrt-int8"]
+    assert ("tf32" in built[1][1]) is has_option(TensorRTBuildOptions, "tf32") and "tf32" not in built[2][1]
+    assert built[3][1]["calib"] == tmp_path / "calib" and built[1][1]["calib"] is None
+    assert all(o.get("timing_cache") == tmp_path / "timing.cache" for _, o in built[1:])
+    failed = [s for s in run.steps if s.status != "ok"]
+    assert [s.name for s in failed] == ["glnet_tiny int8 verify"] and "1x3x224x224: cosine" in failed[0].error
+    verified = run.steps[2].result
+    assert [r.shape for r in verified.results] == [(1, 3, 224, 224), (3, 3, 224, 224)]  # within the profile
