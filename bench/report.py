@@ -2,7 +2,9 @@
 version and the device they ran on; and the comparison of two result files.
 
 Comparison works on the JSON as read back, not on live objects, so results from another
-machine, or from an older glnet-export of the same schema major version, compare too.
+machine, or from an older glnet-export of the same schema major version, compare too: a
+field an older file lacks (the edge figures: load time, first inference, peak memory,
+file size, energy) reads as not measured.
 """
 
 from __future__ import annotations
@@ -29,9 +31,14 @@ CSV_COLUMNS = (
     ["schema_version", "kind", "artifact", "path", "sha256", "backend", "precision", "model", "mode", "streams",
      "batch", "height", "width", "runs", "cold_ms"]
     + [f"{s}_ms" for s in STATS]
-    + ["throughput_ips", "gpu_compute_mean_ms", "gpu_compute_p50_ms", "error", "host", "cpu_model", "cpu_cores",
-       "threads", "memory_gib", "gpu", "gpu_driver", "board", "power_mode", "libraries"]
+    + ["throughput_ips", "gpu_compute_mean_ms", "gpu_compute_p50_ms", "energy_mj_per_image", "avg_power_w",
+       "file_mb", "load_seconds", "first_inference_ms", "peak_rss_mb", "baseline_rss_mb", "gpu_memory_mb", "error",
+       "host", "cpu_model", "cpu_cores", "threads", "memory_gib", "gpu", "gpu_driver", "board", "power_mode",
+       "libraries"]
 )
+# Per artifact (the energy: of its first measured batch and size), as `bench compare` shows them.
+EDGE_FIGURES = ("file_mb", "load_seconds", "first_inference_ms", "peak_rss_mb", "gpu_memory_mb",
+                "energy_mj_per_image")
 
 
 class ReportError(GlnetExportError):
@@ -86,7 +93,10 @@ def rows(data: dict[str, Any]) -> list[dict[str, Any]]:
                        mode=r["mode"], streams=r.get("streams"), batch=r["batch"], height=r["height"],
                        width=r["width"], runs=lat.get("runs"), cold_ms=lat.get("cold_ms"),
                        throughput_ips=r.get("throughput"), gpu_compute_mean_ms=gpu.get("mean"),
-                       gpu_compute_p50_ms=gpu.get("p50"), error=r.get("error", ""))
+                       gpu_compute_p50_ms=gpu.get("p50"), energy_mj_per_image=r.get("energy_mj_per_image"),
+                       avg_power_w=r.get("avg_power_w"), error=r.get("error", ""))
+            row.update({k: art.get(k) for k in ("file_mb", "load_seconds", "first_inference_ms", "peak_rss_mb",
+                                                "baseline_rss_mb", "gpu_memory_mb")})
             row.update({f"{s}_ms": lat.get(s) for s in STATS})
             out.append(row)
     return out
@@ -134,12 +144,36 @@ class CompareRow:
 
 
 @dataclass
+class EdgeCompareRow:
+    """An artifact's `EDGE_FIGURES` on both sides (None: not measured, or an older file)."""
+
+    artifact: str
+    a: dict[str, float | None]
+    b: dict[str, float | None]
+
+
+@dataclass
 class Comparison:
     a: str  # the files' device summaries
     b: str
     rows: list[CompareRow]
     only_a: list[str]  # measurements with no counterpart
     only_b: list[str]
+    edge: list[EdgeCompareRow] = field(default_factory=list)  # artifacts in both files with any edge figure
+
+
+def _edge_rows(a: dict[str, Any], b: dict[str, Any]) -> list[EdgeCompareRow]:
+    arts_b = {art["name"]: art for art in b.get("artifacts", [])}
+    out = []
+    for art_a in a.get("artifacts", []):
+        art_b = arts_b.get(art_a["name"])
+        if art_b is None:
+            continue
+        row = EdgeCompareRow(art_a["name"], {k: art_a.get(k) for k in EDGE_FIGURES},
+                             {k: art_b.get(k) for k in EDGE_FIGURES})
+        if any(v is not None for v in (*row.a.values(), *row.b.values())):
+            out.append(row)
+    return out
 
 
 def _key(row: dict[str, Any]) -> tuple[Any, ...]:
@@ -172,4 +206,5 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> Comparison:
 
     return Comparison(device_from_dict(a.get("device") or {}).summary(),
                       device_from_dict(b.get("device") or {}).summary(), out,
-                      [label(k) for k in rows_a if k not in rows_b], [label(k) for k in rows_b if k not in rows_a])
+                      [label(k) for k in rows_a if k not in rows_b], [label(k) for k in rows_b if k not in rows_a],
+                      _edge_rows(a, b))

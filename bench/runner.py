@@ -7,6 +7,10 @@ way each back-end does it (OpenVINO async infer requests, onnxruntime parallel s
 in threads, TensorRT engines on their own streams); images per second over the wall time.
 Inputs rotate among several buffers and the first (cold) run is reported apart. Ctrl-C
 stops the measuring and returns what was measured, marked `interrupted`.
+
+Per artifact also what edge devices are sized by: the file's size, and from a fresh
+process (`bench.edge`) the load time, the first inference and the peak resident memory;
+energy per image where the machine has a meter (`bench.energy`), over the timed runs.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import runtimes
 from artifacts.errors import OptionError, one_line
 from runtimes.base import Runner
 
+from .edge import MIB, EdgeFigures, measure_in_child
+from .energy import EnergyMeter, EnergyReading, find_meter
 from .pools import Pool, make_pool
 from .profile import LayerProfile, profile_layers
 from .stats import LatencyStats
@@ -84,6 +90,7 @@ class BenchOptions:
     buffers: int = 4  # rotating input buffers, so caches do not flatter the numbers
     per_layer: bool = False
     layer_runs: int = 10
+    edge: bool = True  # load time, first inference, peak memory: measured in a fresh process per artifact
 
     def validate(self) -> None:
         if self.mode not in MODES:
@@ -117,6 +124,10 @@ class BenchResult:
     throughput: float | None = None
     gpu_compute: LatencyStats | None = None  # TensorRT: execute only, without the host-device copies
     wall_s: float = 0.0
+    energy_mj_per_image: float | None = None  # over the timed runs (see `energy_source`)
+    avg_power_w: float | None = None
+    energy_source: str = ""  # "RAPL package-0" (the CPU package), "tegrastats VDD_IN" (the board)
+    energy_note: str = ""  # why there is no energy figure
     error: str = ""
     interrupted: bool = False
 
@@ -139,6 +150,31 @@ class ArtifactBench:
     layers: LayerProfile | None = None
     layers_error: str = ""
     interrupted: bool = False
+    # What edge devices are sized by. Memory in MiB. Load, first inference and memory come
+    # from a fresh process at `edge_shape` (`bench.edge`); energy from the timed runs of that
+    # shape. None where not measured, the reason in `not_measured` under the field's name.
+    file_mb: float | None = None
+    load_seconds: float | None = None
+    first_inference_ms: float | None = None
+    peak_rss_mb: float | None = None
+    baseline_rss_mb: float | None = None  # the bare interpreter + runtime import: the model costs the rest
+    gpu_memory_mb: float | None = None
+    energy_mj_per_image: float | None = None
+    avg_power_w: float | None = None
+    edge_shape: list[int] = field(default_factory=list)
+    not_measured: dict[str, str] = field(default_factory=dict)
+
+    def first_measured(self) -> BenchResult | None:
+        """The first (batch, size) that ran: the one the artifact-level figures are of."""
+        return next((r for r in self.results if r.latency is not None), None)
+
+    def set_edge(self, figures: EdgeFigures) -> None:
+        """Take the fresh process's figures (`bench.edge`)."""
+        self.edge_shape = list(figures.shape)
+        self.load_seconds, self.first_inference_ms = figures.load_seconds, figures.first_inference_ms
+        self.peak_rss_mb, self.baseline_rss_mb = figures.peak_rss_mb, figures.baseline_rss_mb
+        self.gpu_memory_mb = figures.gpu_memory_mb
+        self.not_measured.update(figures.not_measured)
 
 
 def artifact_files(path: Path) -> list[Path]:
@@ -172,9 +208,9 @@ def _shape_problem(runner: Runner, shape: tuple[int, ...]) -> str:
     return ""
 
 
-def _time_pool(pool: Pool, inputs: Sequence[np.ndarray], options: BenchOptions,
-               tick: Callable[[float], None]) -> tuple[float, list[float], float, bool]:
-    """(cold ms, per-request ms, wall s of the measured part, interrupted)."""
+def _time_pool(pool: Pool, inputs: Sequence[np.ndarray], options: BenchOptions, tick: Callable[[float], None],
+               meter: EnergyMeter) -> tuple[float, list[float], float, bool, EnergyReading | None]:
+    """(cold ms, per-request ms, wall s of the measured part, interrupted, energy of the measured part)."""
     cold, begin, measuring = float("nan"), time.perf_counter(), False
     try:
         start = time.perf_counter()
@@ -188,19 +224,23 @@ def _time_pool(pool: Pool, inputs: Sequence[np.ndarray], options: BenchOptions,
         pool.drain()
         pool.latencies.clear()
         pool.gpu_ms.clear()
+        meter.start()
         begin, submitted, measuring = time.perf_counter(), 0, True
         while not options.measure.reached(submitted, time.perf_counter() - begin):
             pool.submit(inputs[(i + submitted) % len(inputs)])  # rotate on from where warm-up stopped
             submitted += 1
             tick(options.measure.progress(submitted, time.perf_counter() - begin))
         pool.drain()
+        wall = time.perf_counter() - begin
+        return cold, list(pool.latencies), wall, False, meter.stop()
     except KeyboardInterrupt:
-        return cold, list(pool.latencies) if measuring else [], time.perf_counter() - begin, True
-    return cold, list(pool.latencies), time.perf_counter() - begin, False
+        return cold, list(pool.latencies) if measuring else [], time.perf_counter() - begin, True, None
+    finally:
+        meter.close()  # a background sampler never outlives the cell (Ctrl-C included)
 
 
 def bench_cell(runner: Runner, path: Path | None, batch: int, size: tuple[int, int], options: BenchOptions,
-               tick: Callable[[float], None] = lambda _f: None) -> BenchResult:
+               tick: Callable[[float], None] = lambda _f: None, meter: EnergyMeter | None = None) -> BenchResult:
     """One (batch, size): errors (a fixed axis, outside a TensorRT profile) are recorded, not raised."""
     result = BenchResult(batch, size[0], size[1], options.mode)
     shape = (batch, 3, size[0], size[1])
@@ -213,7 +253,8 @@ def bench_cell(runner: Runner, path: Path | None, batch: int, size: tuple[int, i
         with make_pool(runner, path, shape, options.mode, options.streams, options.threads, options.device,
                        options.precision) as pool:
             result.streams = pool.parallel
-            cold, warm, wall, result.interrupted = _time_pool(pool, inputs, options, tick)
+            cold, warm, wall, result.interrupted, energy = _time_pool(pool, inputs, options, tick,
+                                                                      meter or find_meter())
             gpu = list(pool.gpu_ms)
     except KeyboardInterrupt:  # while setting up or closing the pool
         result.interrupted, result.error = True, "interrupted"
@@ -231,12 +272,16 @@ def bench_cell(runner: Runner, path: Path | None, batch: int, size: tuple[int, i
     result.wall_s = wall
     if gpu:
         result.gpu_compute = LatencyStats.from_timings(gpu[-len(warm):], float("nan"), batch)
+    if energy is not None:
+        result.energy_mj_per_image, result.avg_power_w = energy.per_image(batch * len(warm)), energy.avg_power_w
+        result.energy_source, result.energy_note = energy.source, energy.note
     return result
 
 
 def bench_runner(runner: Runner, options: BenchOptions, name: str, path: Path | None = None,
-                 tick: Tick | None = None) -> ArtifactBench:
-    """Benchmark a loaded runner at every (batch, size); `path` enables throughput mode and per-layer."""
+                 tick: Tick | None = None, meter: EnergyMeter | None = None) -> ArtifactBench:
+    """Benchmark a loaded runner at every (batch, size); `path` enables throughput mode and per-layer.
+    `meter` reads energy over each cell's timed runs (default: what this machine has, `find_meter`)."""
     options.validate()
     bench = ArtifactBench(
         name=name, path=str(path or ""), sha256=artifact_sha256(path) if path else "",
@@ -244,6 +289,8 @@ def bench_runner(runner: Runner, options: BenchOptions, name: str, path: Path | 
         backend=runner.backend, precision=runner.precision, model=runner.metadata.model if runner.metadata else "",
         input=list(runner.inputs[0].shape) if runner.inputs else [],
     )
+    bench.file_mb = bench.size_bytes / MIB if path else None
+    meter = meter or find_meter()
     sizes = options.sizes or (default_size(runner),)
     for batch in options.batches:
         for size in sizes:
@@ -253,11 +300,16 @@ def bench_runner(runner: Runner, options: BenchOptions, name: str, path: Path | 
                 if tick is not None:
                     tick(label, fraction)
 
-            result = bench_cell(runner, path, batch, size, options, cell_tick)
+            result = bench_cell(runner, path, batch, size, options, cell_tick, meter)
             bench.results.append(result)
             if result.interrupted:
                 bench.interrupted = True
                 return bench
+    first = bench.first_measured()
+    if first is not None:
+        bench.energy_mj_per_image, bench.avg_power_w = first.energy_mj_per_image, first.avg_power_w
+        if first.energy_note:
+            bench.not_measured["energy_mj_per_image"] = first.energy_note
     if options.per_layer:
         ran = [r for r in bench.results if r.latency is not None]
         if path is None:
@@ -273,12 +325,26 @@ def bench_runner(runner: Runner, options: BenchOptions, name: str, path: Path | 
     return bench
 
 
-def bench_artifact(path: str | Path, options: BenchOptions, tick: Tick | None = None) -> ArtifactBench:
-    """Load `path` with `runtimes.load` and benchmark it (see `bench_runner`)."""
+def bench_artifact(path: str | Path, options: BenchOptions, tick: Tick | None = None,
+                   meter: EnergyMeter | None = None) -> ArtifactBench:
+    """Load `path` with `runtimes.load` and benchmark it (see `bench_runner`); then, with
+    `options.edge`, measure its load, first inference and memory in a fresh process at the
+    first (batch, size) that ran (after the runner here is closed, so they do not compete)."""
     path = Path(path)
     options.validate()
     with runtimes.load(path, device=options.device, threads=options.threads, precision=options.precision) as runner:
-        return bench_runner(runner, options, path.name, path, tick)
+        bench = bench_runner(runner, options, path.name, path, tick, meter)
+    ran = bench.first_measured()
+    if options.edge and ran is not None and not bench.interrupted:
+        if tick is not None:
+            tick(f"{path.name}: load, first inference, memory (fresh process)", 0.0)
+        try:
+            bench.set_edge(measure_in_child(path, ran.shape, options.device, options.threads, options.precision))
+        except KeyboardInterrupt:
+            bench.interrupted = True
+    elif not options.edge:
+        bench.not_measured.update(dict.fromkeys(("load_seconds", "first_inference_ms", "peak_rss_mb"), "not asked"))
+    return bench
 
 
 def interleave(fns: Mapping[str, Callable[[np.ndarray], object]],

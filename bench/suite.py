@@ -5,7 +5,10 @@ A format that cannot be made or run here gets a row with the reason instead of s
 the others. Verification runs every artifact on the same photographs and random inputs
 as PyTorch (whose outputs are computed once and reused). Timing runs all the formats in
 alternation, one request each per round, so load from other processes on a shared
-machine hits them alike and their ratios stay meaningful.
+machine hits them alike and their ratios stay meaningful. Before that, each file is loaded
+and run once more in a fresh process of its own (`bench.edge`): its load time, first
+inference and peak resident memory. Energy is not measured here: formats timed in
+alternation share one window (`bench ARTIFACT` measures it per file).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from glnet.model import GLNet
 from runtimes.base import Runner
 from verification.metrics import shapes_to_verify, tolerance_for, verify
 
+from .edge import MIB, EdgeFigures, measure_in_child
 from .runner import ArtifactBench, BenchResult, artifact_files, artifact_sha256, interleave
 from .stats import LatencyStats
 from .timing import make_inputs
@@ -50,6 +54,7 @@ class SuiteOptions:
     per_round: int = 3  # timed runs per format and round, after one untimed settling run
     warmup: int = 3
     gpu: str = "cuda"  # device of the TensorRT engines
+    edge: bool = True  # each file's load time, first inference and peak memory, from a fresh process
 
     def validate(self) -> None:
         from export.formats import parse_formats
@@ -79,6 +84,10 @@ class FormatRow:
     photo_samples: int = 0
     p50_ms: float | None = None
     throughput: float | None = None  # images/s at the mean latency
+    load_seconds: float | None = None  # from a fresh process (`bench.edge`): runtimes.load + compile
+    first_inference_ms: float | None = None
+    peak_rss_mb: float | None = None  # MiB, that process's peak
+    baseline_rss_mb: float | None = None  # MiB, the same process before loading the file
 
 
 @dataclass
@@ -158,6 +167,8 @@ def run_suite(model: GLNet, options: SuiteOptions, checkpoint_sha256: str | None
                 onnx = made.get(fmt.name)
             if fmt.name in rows and fmt.name in made:
                 rows[fmt.name].export_s = time.perf_counter() - start
+        # Before anything is loaded here, so that nothing competes with the fresh processes.
+        edge = _measure_edge({f: made[f] for f in rows if f in made}, rows, options, say) if options.edge else {}
         for name_, row in rows.items():
             fmt = FORMATS[name_]
             if fmt.name in failed:
@@ -175,9 +186,25 @@ def run_suite(model: GLNet, options: SuiteOptions, checkpoint_sha256: str | None
             except Exception as exc:  # noqa: BLE001
                 row.status, row.reason = "error", f"cannot run: {one_line(exc)}"
         _verify_all(model, runners, rows, options, say)
-        artifacts = _time_all(runners, rows, options, say)
+        artifacts = _time_all(runners, rows, options, say, edge)
     return SuiteResult(name, "random" if checkpoint_sha256 is None else checkpoint_sha256, list(rows.values()),
                        artifacts)
+
+
+def _measure_edge(files: dict[str, Path], rows: dict[str, FormatRow], options: SuiteOptions,
+                  say: Progress) -> dict[str, EdgeFigures]:
+    h, w = options.input_size
+    out = {}
+    for name, path in files.items():
+        fmt = FORMATS[name]
+        say(f"loading {name} in a fresh process: load time, first inference, memory")
+        figures = measure_in_child(path, (options.batch, 3, h, w), options.gpu if fmt.gpu else "cpu",
+                                   options.threads, fmt.run_precision)
+        row = rows[name]
+        row.load_seconds, row.first_inference_ms = figures.load_seconds, figures.first_inference_ms
+        row.peak_rss_mb, row.baseline_rss_mb = figures.peak_rss_mb, figures.baseline_rss_mb
+        out[name] = figures
+    return out
 
 
 def _verify_all(model: GLNet, runners: dict[str, Runner], rows: dict[str, FormatRow], options: SuiteOptions,
@@ -217,7 +244,7 @@ def _verify_all(model: GLNet, runners: dict[str, Runner], rows: dict[str, Format
 
 
 def _time_all(runners: dict[str, Runner], rows: dict[str, FormatRow], options: SuiteOptions,
-              say: Progress) -> list[ArtifactBench]:
+              say: Progress, edge: dict[str, EdgeFigures]) -> list[ArtifactBench]:
     if not runners:
         return []
     h, w = options.input_size
@@ -232,8 +259,16 @@ def _time_all(runners: dict[str, Runner], rows: dict[str, FormatRow], options: S
         path = Path(row.path) if row.path else None
         result = BenchResult(options.batch, h, w, "latency", latency=s, throughput=row.throughput,
                              wall_s=s.mean * s.runs / 1e3)
-        artifacts.append(ArtifactBench(fmt, row.path, artifact_sha256(path) if path else "", row.size_bytes,
-                                       runner.backend, runner.precision,
-                                       runner.metadata.model if runner.metadata else "",
-                                       list(runner.inputs[0].shape) if runner.inputs else [], [result]))
+        bench = ArtifactBench(fmt, row.path, artifact_sha256(path) if path else "", row.size_bytes,
+                              runner.backend, runner.precision, runner.metadata.model if runner.metadata else "",
+                              list(runner.inputs[0].shape) if runner.inputs else [], [result],
+                              file_mb=row.size_bytes / MIB if path else None)
+        if fmt in edge:
+            bench.set_edge(edge[fmt])
+        else:
+            reason = "not asked" if path and not options.edge else "no file: PyTorch runs in this process"
+            bench.not_measured.update(dict.fromkeys(("load_seconds", "first_inference_ms", "peak_rss_mb"), reason))
+        bench.not_measured["energy_mj_per_image"] = ("formats timed in alternation share one window; "
+                                                     "`bench ARTIFACT` measures energy per file")
+        artifacts.append(bench)
     return artifacts

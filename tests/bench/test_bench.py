@@ -34,7 +34,8 @@ from glnet_export.cli import app
 from runtimes.base import Runner, TensorSpec
 
 TINY = "glnet_tiny"
-FAST = dict(warmup=Budget(count=1), measure=Budget(count=3), threads=2)
+# No fresh process per artifact (bench.edge) unless a test is about it: a second or so each.
+FAST = dict(warmup=Budget(count=1), measure=Budget(count=3), threads=2, edge=False)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def _xml(artifacts: dict[str, Path | str]) -> Path:
 
 @pytest.fixture(scope="module")
 def onnx_bench(artifacts: dict[str, Path | str]):  # type: ignore[no-untyped-def]
-    options = BenchOptions(batches=(1, 2), sizes=((64, 64), (96, 96)), **FAST)  # type: ignore[arg-type]
+    options = BenchOptions(batches=(1, 2), sizes=((64, 64), (96, 96)), **dict(FAST, edge=True))  # type: ignore[arg-type]
     return bench_artifact(artifacts["onnx"], options)
 
 
@@ -149,6 +150,18 @@ def test_onnxruntime_over_batches_and_sizes(onnx_bench, artifacts: dict[str, Pat
         assert not r.error and s is not None and s.runs == 3 and s.batch == r.batch
         assert s.min <= s.p50 <= s.p90 <= s.p95 <= s.p99 <= s.max and s.cold_ms > 0
         assert r.throughput and r.throughput > 0 and r.streams == 1
+
+
+def test_edge_figures_from_a_fresh_process(onnx_bench, artifacts: dict[str, Path | str]) -> None:  # type: ignore[no-untyped-def]
+    # Load, first inference and memory of the real file, at the first batch and size benched.
+    b = onnx_bench
+    assert b.edge_shape == [1, 3, 64, 64] and b.file_mb == pytest.approx(Path(artifacts["onnx"]).stat().st_size / 2**20)
+    assert b.load_seconds > 0 and b.first_inference_ms > 0, b.not_measured
+    # The child imports numpy and onnxruntime (tens of MiB), then holds the model's weights and arena on top.
+    assert 20 < b.baseline_rss_mb < b.peak_rss_mb < 2048
+    assert b.gpu_memory_mb is None and "CPU" in b.not_measured["gpu_memory_mb"]
+    if b.energy_mj_per_image is None:  # no readable RAPL counter or tegrastats here: said, not guessed
+        assert b.not_measured["energy_mj_per_image"] and b.results[0].energy_note
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
@@ -258,8 +271,15 @@ def test_cli_bench_and_compare(artifacts: dict[str, Path | str], tmp_path: Path)
                                       "--json", str(out["json"]), "--csv", str(out["csv"]), "--plot", str(out["png"])])
     assert result.exit_code == 0, result.output
     assert "Hottest operator types" in result.output and "tiny.onnx" in result.output
+    assert "What a device must hold" in result.output and "peak RSS" in result.output
     assert all(p.stat().st_size > 0 for p in out.values())
-    assert len(load_report(out["json"])["artifacts"]) == len(files)
+    report = load_report(out["json"])
+    assert len(report["artifacts"]) == len(files)
+    for art in report["artifacts"]:  # the IR too: compiled for 1x3x64x64 in its fresh process
+        assert art["load_seconds"] > 0 and art["first_inference_ms"] > 0 and art["edge_shape"] == [1, 3, 64, 64]
+        assert art["peak_rss_mb"] > art["baseline_rss_mb"] > 0 and art["file_mb"] > 0, art["not_measured"]
+    with open(out["csv"], newline="") as f:
+        assert all(float(row["peak_rss_mb"]) > 0 for row in csv.DictReader(f))
 
     # B: the same results with every p50 doubled, as a device twice as slow would give.
     slower = json.loads(out["json"].read_text())
@@ -302,6 +322,10 @@ def test_bench_by_model_end_to_end(tmp_path: Path) -> None:
         assert onnx["status"] == "ok" and onnx["top1"] == 1.0 and onnx["max_rel"] < 1e-4 and onnx["size_bytes"] > 0
         assert onnx["photo_samples"] > 0 and onnx["p50_ms"] > 0 and onnx["throughput"] > 0
     assert rows["onnxruntime-target"]["path"].endswith("_ort.onnx")
+    for fmt in ("onnxruntime", "onnxruntime-target", "onnxruntime-int8", "openvino-fp32", "openvino-int8"):
+        assert rows[fmt]["load_seconds"] > 0 and rows[fmt]["first_inference_ms"] > 0, rows[fmt]
+        assert rows[fmt]["peak_rss_mb"] > rows[fmt]["baseline_rss_mb"] > 0, rows[fmt]
+    assert rows["pytorch"]["load_seconds"] is None  # no file: it runs in the benchmark's own process
     int8 = rows["onnxruntime-int8"]
     assert int8["status"] == "ok" and int8["precision"] == "int8" and int8["path"].endswith("_ort_int8.onnx"), int8
     assert int8["top1"] is not None and int8["p50_ms"] > 0
@@ -312,5 +336,5 @@ def test_bench_by_model_end_to_end(tmp_path: Path) -> None:
     if trt["status"] != "ok":  # TensorRT cannot be installed on these machines: skipped, saying why
         assert trt["status"] == "skipped" and "TensorRT" in trt["reason"], trt
     assert result.exit_code == 0, result.output
-    assert "format" in result.output and "onnxruntime" in result.output
+    assert "format" in result.output and "onnxruntime" in result.output and "peak RSS" in result.output
     assert {a["name"] for a in data["artifacts"]} >= {"pytorch", "onnxruntime"}
