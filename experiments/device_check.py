@@ -7,8 +7,8 @@ weights, `glnet.testing.seeded_model`): export the portable ONNX, build fp32 (TF
 the builder has that option), fp16 and int8 engines (int8 calibrated on the sample
 photographs), all through the format table (`export.formats.build`); verify each engine
 against the fp32 ONNX at the shapes its profile takes, as `glnet-export tensorrt` does; time
-each (`bench.runner`, batch 1 and 8, CUDA graphs on and off where the runner has that
-option); record the device (`bench.sysinfo`, Jetson power mode and clock state included).
+each (`bench.runner`, batch 1 and 8) and compare the runner with and without CUDA graphs
+where it has that option; record the device (`bench.sysinfo`, Jetson power mode and clock state included).
 
 Every step is recorded with its status (ok, failed, skipped), seconds and error; the JSON is
 rewritten after each step, so an interrupted run still leaves what it did. A step does not
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import inspect
 import os
 import sys
 import tempfile
@@ -43,6 +44,7 @@ from artifacts.jsonable import jsonable
 from experiments.results import default_help, results_path
 
 SCHEMA = "glnet-export/device-check"
+NO_GRAPHS = "not supported by this runner (runtimes/tensorrt.py has no cuda_graph option)"
 MODELS = ("glnet_tiny", "glnet_4g")
 PRECISIONS = ("fp32", "fp16", "int8")
 # Seconds a step is expected to need at least; a step starts only with that much budget left.
@@ -59,7 +61,7 @@ def needs(kind: str, model: str) -> float:
 @dataclass
 class Step:
     name: str
-    status: str = "skipped"  # ok | failed | skipped
+    status: str = "skipped"  # ok | failed | skipped (running while it runs)
     seconds: float = 0.0
     error: str = ""  # the failure, or why it was skipped
     result: Any = None
@@ -93,17 +95,21 @@ class Run:
     def remaining(self) -> float:
         return self.budget_s - (self.clock() - self.start)
 
-    def step(self, name: str, fn: Callable[[], Any], needs_s: float = 0.0, after: Step | None = None) -> Step:
-        """Run `fn` as step `name` unless what it needs failed or the budget cannot cover it."""
+    def step(self, name: str, fn: Callable[[], Any], needs_s: float = 0.0, after: Step | None = None,
+             skip: str = "") -> Step:
+        """Run `fn` as step `name` unless told why not (`skip`), what it needs failed or the budget
+        cannot cover it."""
         step = Step(name)
         self.steps.append(step)
-        if after is not None and after.status != "ok":
+        if skip:
+            step.error = skip
+        elif after is not None and after.status != "ok":
             step.error = f"needs {after.name}, which was {after.status}"
         elif self.remaining() < needs_s:
             step.error = (f"time budget: {max(self.remaining(), 0):.0f} s of {self.budget_s:.0f} s left, "
                           f"this step needs about {needs_s:.0f} s")
         else:
-            started = self.clock()
+            started, step.status = self.clock(), "running"
             try:
                 step.result, step.status = fn(), "ok"
             except StepFailed as exc:
@@ -174,8 +180,9 @@ def check_model(run: Run, name: str, work: Path, calib: Path, cache: Path) -> No
     exported = run.step(f"{name} export", lambda: build("onnxruntime", seeded_model(name), onnx),
                         needs("export", name))
     tf32 = {"tf32": False} if has_option(TensorRTBuildOptions, "tf32") else {}
-    graph_modes: list[dict[str, Any]] = [{"cuda_graph": g} for g in (False, True)] if has_option(
-        BenchOptions, "cuda_graph") else [{}]
+    graphs = "" if runner_has_cuda_graph() else NO_GRAPHS
+    timing = BenchOptions(batches=(1, 8), device="cuda", warmup=Budget(seconds=1.0, minimum=3),
+                          measure=Budget(seconds=3.0, minimum=10))
     for precision in PRECISIONS:
         engine = work / f"{name}_{precision}.engine"
         options: dict[str, Any] = {"timing_cache": cache, **(tf32 if precision == "fp32" else {})}
@@ -192,12 +199,9 @@ def check_model(run: Run, name: str, work: Path, calib: Path, cache: Path) -> No
             return report
 
         run.step(f"{name} {precision} verify", verify, needs("verify", name), after=built)
-        for mode in graph_modes:
-            label = "" if not mode else " (CUDA graph)" if mode["cuda_graph"] else " (no CUDA graph)"
-            bench = BenchOptions(batches=(1, 8), device="cuda", warmup=Budget(seconds=1.0, minimum=3),
-                                 measure=Budget(seconds=3.0, minimum=10), **mode)
-            run.step(f"{name} {precision} bench{label}", partial(timed, engine, bench), needs("bench", name),
-                     after=built)
+        run.step(f"{name} {precision} bench", partial(timed, engine, timing), needs("bench", name), after=built)
+        run.step(f"{name} {precision} CUDA graph on/off", partial(compare_graphs, engine), needs("bench", name),
+                 after=built, skip=graphs)
 
 
 def engine_shapes(manifest: Any) -> list[tuple[int, int, int, int]]:
@@ -211,6 +215,34 @@ def engine_shapes(manifest: Any) -> list[tuple[int, int, int, int]]:
               if all(lo <= d <= hi for d, lo, hi in zip(s, profile.min, profile.max, strict=True))]
     opt = profile.opt
     return shapes or [(opt[0], opt[1], opt[2], opt[3])]
+
+
+def runner_has_cuda_graph() -> bool:
+    """Whether runtimes.tensorrt's runner can replay its enqueue as a CUDA graph (`cuda_graph=`)."""
+    from runtimes.tensorrt import TensorRTRunner
+
+    return "cuda_graph" in inspect.signature(TensorRTRunner.__init__).parameters
+
+
+def compare_graphs(engine: Path, batches: tuple[int, ...] = (1, 8), rounds: int = 10) -> dict[str, Any]:
+    """The runner with and without CUDA graphs, timed in alternating blocks (bench.runner.interleave;
+    host time, copies included: what an application calling `infer` sees). bench's own TensorRT
+    timing runs its own sessions, not the runner, so the graphs are compared here."""
+    import runtimes
+    from bench.runner import default_size, interleave, paired_ratio
+    from bench.timing import make_inputs
+
+    found: dict[str, Any] = {}
+    with runtimes.load(engine, device="cuda", cuda_graph=False) as plain, \
+            runtimes.load(engine, device="cuda", cuda_graph=True) as graph:
+        for batch in batches:
+            blocks: dict[str, list[float]] = {}
+            inputs = make_inputs((batch, 3, *default_size(plain)), seed=batch)
+            stats = interleave({"no graph": plain.infer, "graph": graph.infer}, inputs, rounds, per_round=5,
+                               blocks=blocks)
+            found[f"batch {batch}"] = {**stats, "graph / no graph p50": paired_ratio(blocks, "graph", "no graph")}
+        found["notes"] = list(getattr(graph, "notes", []))  # a shape whose capture failed ran without a graph
+    return found
 
 
 def timed(engine: Path, options: Any) -> Any:
@@ -228,7 +260,10 @@ def watchdog(run: Run, seconds: float) -> threading.Timer:
     """Ends the process `seconds` from now, after writing what was done (a build cannot be interrupted)."""
     def stop() -> None:
         print(f"stopped by the watchdog after {seconds:.0f} s (budget {run.budget_s:.0f} s)", file=sys.stderr)
-        os._exit(run.finish("stopped", f"still running {run.steps[-1].name if run.steps else 'the set-up'} "
+        running = [s for s in run.steps if s.status == "running"]
+        for step in running:
+            step.status, step.error = "failed", f"stopped by the watchdog {seconds:.0f} s after the start"
+        os._exit(run.finish("stopped", f"still running {running[0].name if running else 'the set-up'} "
                                        f"{seconds:.0f} s after the start"))
 
     timer = threading.Timer(seconds, stop)
@@ -252,15 +287,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"device check skipped: {why}")
         return run.finish("skipped", why)
     timer = watchdog(run, args.budget_s + args.grace_s)
-    from bench.runner import BenchOptions
     from bench.sysinfo import collect_device_info
     from export.tensorrt import TensorRTBuildOptions
 
     run.info["device"] = collect_device_info(idle_sample_s=0)
     run.info["tf32"] = "off for fp32" if has_option(TensorRTBuildOptions, "tf32") else (
         "TensorRTBuildOptions has no tf32 option here: TensorRT's default ran (TF32 on, on Ampere and newer)")
-    run.info["cuda_graph"] = "on and off" if has_option(BenchOptions, "cuda_graph") else (
-        "not supported by this runner (runtimes/tensorrt.py has no cuda_graph option)")
+    run.info["cuda_graph"] = "compared on and off" if runner_has_cuda_graph() else NO_GRAPHS
     try:
         with tempfile.TemporaryDirectory(prefix="glnet-device-check-") as tmp, photo_folder() as calib:
             for name in args.models.split(","):

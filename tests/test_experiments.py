@@ -131,7 +131,8 @@ def test_device_check_runs_every_step_of_a_model(tmp_path: Path, monkeypatch: py
     import verification.artifact
     from artifacts.engine_manifest import Profile
     from artifacts.metadata import ArtifactMetadata
-    from experiments.device_check import Run, check_model, has_option
+    from experiments import device_check
+    from experiments.device_check import Run, check_model, has_option, runner_has_cuda_graph
     from export.tensorrt import TensorRTBuildOptions
 
     profile = Profile("input", (1, 3, 224, 224), (1, 3, 224, 224), (8, 3, 224, 224))
@@ -149,17 +150,40 @@ def test_device_check_runs_every_step_of_a_model(tmp_path: Path, monkeypatch: py
     monkeypatch.setattr(glnet.testing, "seeded_model", lambda name: name)
     monkeypatch.setattr(verification.artifact, "verify_artifact", verify)
     monkeypatch.setattr(bench.runner, "bench_artifact", lambda path, options: _Bench([_Cell(1), _Cell(8)]))
+    monkeypatch.setattr(device_check, "compare_graphs", lambda engine: {"batch 1": "compared"})
     run = Run(450.0, tmp_path / "r.json")
     check_model(run, "glnet_tiny", tmp_path, tmp_path / "calib", tmp_path / "timing.cache")
     names = [s.name for s in run.steps]
-    graphs = 2 if has_option(bench.runner.BenchOptions, "cuda_graph") else 1  # on and off, where it can
-    assert names[:3] == ["glnet_tiny export", "glnet_tiny fp32 build", "glnet_tiny fp32 verify"]
-    assert len(names) == 1 + 3 * (2 + graphs) and sum("bench" in n for n in names) == 3 * graphs
+    assert names[:6] == ["glnet_tiny export", "glnet_tiny fp32 build", "glnet_tiny fp32 verify",
+                         "glnet_tiny fp32 bench", "glnet_tiny fp32 CUDA graph on/off", "glnet_tiny fp16 build"]
+    assert len(names) == 1 + 3 * 4
+    graphs = [s for s in run.steps if "CUDA graph" in s.name]
+    if runner_has_cuda_graph():  # the runner's option, compared (faked here)
+        assert all(s.status == "ok" and s.result == {"batch 1": "compared"} for s in graphs)
+    else:
+        assert all(s.status == "skipped" and "not supported by this runner" in s.error for s in graphs)
     assert [f for f, _ in built] == ["onnxruntime", "tensorrt-fp32", "tensorrt-fp16", "tensorrt-int8"]
     assert ("tf32" in built[1][1]) is has_option(TensorRTBuildOptions, "tf32") and "tf32" not in built[2][1]
     assert built[3][1]["calib"] == tmp_path / "calib" and built[1][1]["calib"] is None
     assert all(o.get("timing_cache") == tmp_path / "timing.cache" for _, o in built[1:])
-    failed = [s for s in run.steps if s.status != "ok"]
+    failed = [s for s in run.steps if s.status == "failed"]
     assert [s.name for s in failed] == ["glnet_tiny int8 verify"] and "1x3x224x224: cosine" in failed[0].error
     verified = run.steps[2].result
     assert [r.shape for r in verified.results] == [(1, 3, 224, 224), (3, 3, 224, 224)]  # within the profile
+
+
+def test_device_check_watchdog_ends_a_step_that_overruns(tmp_path: Path) -> None:
+    """A TensorRT build cannot be interrupted: the watchdog writes what was done and ends the process."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "w.json"
+    code = ("import time\nfrom pathlib import Path\nfrom experiments.device_check import Run, watchdog\n"
+            f"run = Run(100.0, Path({str(out)!r}))\nrun.step('done', lambda: 1)\n"
+            "watchdog(run, 0.5)\nrun.step('hangs', lambda: time.sleep(60))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert done.returncode == 3, done.stderr
+    data = json.loads(out.read_text())
+    assert data["status"] == "stopped" and "still running hangs" in data["reason"]
+    assert [(s["name"], s["status"]) for s in data["steps"]] == [("done", "ok"), ("hangs", "failed")]
+    assert "stopped by the watchdog" in data["steps"][1]["error"]
