@@ -21,6 +21,10 @@ class ArtifactLoadError(GlnetExportError, ValueError):
     """An artifact file that exists but cannot be read (empty, truncated, another format)."""
 
 
+class LabelledDataError(GlnetExportError, ValueError):
+    """Labelled images that cannot be used: no images, an unknown class, a missing label file."""
+
+
 # OpenVINO's messages open with where in its C++ sources they were raised, which says
 # nothing to a user: "Exception from src/inference/src/cpp/core.cpp:84:".
 _SOURCE_LOCATION = re.compile(r"^(Exception from )?\S+\.(cpp|hpp|cc|h):\d+:?$")
