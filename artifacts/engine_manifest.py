@@ -109,6 +109,18 @@ class EngineManifest:
     workspace_mb: int | None = None
     metadata: dict[str, str] = field(default_factory=dict)  # the ONNX metadata_props, precision updated
     format: int = MANIFEST_FORMAT
+    # TF32 allowed for fp32 convolutions and matrix multiplies. TensorRT's own default, so a
+    # manifest written before this field existed describes an engine built with it on.
+    tf32: bool = True
+    opt_level: int | None = None  # the builder optimization level (None: TensorRT's default, 3)
+    dla_core: int | None = None  # built for this DLA core (GPU fallback on); None: the GPU only
+    gpu_fallback_layers: list[str] = field(default_factory=list)  # DLA builds: layers the GPU runs
+
+    @property
+    def runs_in(self) -> str:
+        """The precision the engine computes in, as verification judges it: an fp32 engine
+        built with TF32 allowed rounds the inputs of its matrix products to TF32."""
+        return "tf32" if self.precision == "fp32" and self.tf32 else self.precision
 
     def to_json(self) -> str:
         data = dataclasses.asdict(self)

@@ -137,7 +137,8 @@ def profile_openvino(path: Path, shape: tuple[int, ...], runs: int, threads: int
 
 
 def _trt_layer_types(engine: Any) -> dict[str, str]:
-    """Layer name -> type from the engine inspector (types need a DETAILED-verbosity build)."""
+    """Layer name -> type from the engine inspector. Only an engine built with DETAILED
+    profiling verbosity has them (`glnet-export tensorrt` builds every engine so); others list names only."""
     import tensorrt as trt
 
     try:
@@ -182,5 +183,6 @@ def profile_tensorrt(path: Path, shape: tuple[int, ...], runs: int, device: str)
         session.wait()
     profile = LayerProfile.from_totals("tensorrt", shape, runs, totals)
     if not types:
-        profile.notes.append("layer types guessed from names (build with detailed profiling verbosity for exact ones)")
+        profile.notes.append("layer types guessed from names: the engine was built without DETAILED profiling "
+                             "verbosity (rebuild it with `glnet-export tensorrt` for exact ones)")
     return profile

@@ -13,6 +13,14 @@ can pass fp16's 65504, and TensorRT's ONNX parser computes ReduceL2 as a sum of 
 in the tensor's own type. For int8 the clustering and dispatching MatMuls, which take
 the slot softmaxes, stay unquantized too, as a precaution: per-tensor int8 leaves few
 levels for assignment probabilities of about 1/HW (random weights show no difference).
+
+A strongly typed engine runs every op in the type the ONNX gives it, so the int8 file is
+made the way NVIDIA's Model Optimizer makes it (`high_precision_dtype="fp16"`): Conv,
+MatMul and Gemm take Q/DQ inputs, no op's output is quantized for its own sake
+(`OpTypesToExcludeOutputQuantization`), float consumers of a quantized tensor (residual
+Adds, LayerNorms) read the float tensor, and every float op but the fp32 nodes above then
+runs in fp16, Q/DQ scales included. `experiments/trt_int8.py` measures it against the file
+made before (fp32 everywhere but the int8 ops, every output re-quantized).
 Before any of this, the deploy form's spelled-out channel LayerNorms are fused back into
 LayerNormalization nodes (`export.passes.layer_norm`), the form TensorRT has a kernel for.
 """
@@ -21,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,11 +44,13 @@ from artifacts.errors import ExportError, OptionError, one_line
 from artifacts.metadata import ArtifactMetadata, MetadataError
 from artifacts.onnx_file import read_onnx, set_metadata
 
+from .onnx_int8_nodes import float_inputs_back
 from .onnxruntime import refuse_runtime_only
 from .passes.layer_norm import fuse_channel_layer_norms
 
 PRECISIONS = ("fp32", "fp16", "int8")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
+INT8_OPS = ("Conv", "MatMul", "Gemm")  # the ops that take int8 inputs (TensorRT's Q/DQ fusions)
 # The ops of F.normalize as exported (ReduceL2 -> Clip -> Expand -> Div), of its spelled-out
 # forms, of the slot-scale multiply between the normalisation and the logits MatMul, and the
 # Transpose that turns the normalised pixel tokens (B x HW x C) into the MatMul's B x C x HW.
@@ -66,17 +77,31 @@ class PrecisionOptions:
             raise OptionError(f"calibration samples must be >= 1, not {self.calib_samples}")
 
 
+@dataclass(frozen=True)
+class QdqRecipe:
+    """How the int8 Q/DQ file is made. The default is the one for TensorRT; LEGACY_QDQ is
+    the file made before, kept for the measurement in experiments/trt_int8.py."""
+
+    output_quantization: bool = False  # quantize every int8 op's output too (onnxruntime's default)
+    float_consumers: bool = True  # float ops read a quantized tensor's float value, not its DQ(Q(x))
+    fp16_rest: bool = True  # every float op but the fp32 nodes in fp16
+
+
+LEGACY_QDQ = QdqRecipe(output_quantization=True, float_consumers=False, fp16_rest=False)
+
+
 @dataclass
 class PrecisionResult:
     path: Path
     source: Path
     precision: str
-    kept_fp32: list[str]  # nodes left in fp32 (fp16) or unquantized (int8)
+    kept_fp32: list[str]  # nodes left in fp32 (the same rule for fp16 and int8)
     casts: int  # Cast nodes in the result
     quantized: int  # QuantizeLinear nodes in the result
     calibration_images: int
     seconds: float
     notes: list[str] = field(default_factory=list)
+    unquantized: list[str] = field(default_factory=list)  # int8: nodes kept out of quantization
 
 
 def precision_path(source: Path, precision: str) -> Path:
@@ -217,14 +242,21 @@ def calibration_samples(source: Path | Sequence[Path], meta: ArtifactMetadata, l
 
 
 def to_int8_qdq(model: onnx.ModelProto, output: Path, samples: Sequence[np.ndarray], exclude: Iterable[str],
-                method: str = "minmax") -> None:
-    """Q/DQ int8 for TensorRT: symmetric, per-channel weights, float biases, Conv/MatMul/Gemm."""
+                method: str = "minmax", output_quantization: bool = False) -> None:
+    """Q/DQ int8 for TensorRT: symmetric, per-channel weights, float biases, Conv/MatMul/Gemm
+    inputs (and, with `output_quantization`, their outputs)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     batch = model.graph.input[0].type.tensor_type.shape.dim[0].dim_value or 1
     if len(samples) < batch:
         raise OptionError(f"the input has a fixed batch of {batch}: give at least {batch} calibration images")
     reader = SampleBatches(samples, model.graph.input[0].name, batch)
+    # TensorRT takes symmetric int8 only, and float biases (no int32 DequantizeLinear).
+    extra: dict[str, object] = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
+    if not output_quantization:
+        # A Q/DQ pair only where an int8 op reads the tensor: a Conv feeding a residual Add
+        # alone hands it its float output, not that output rounded to int8 and back.
+        extra["OpTypesToExcludeOutputQuantization"] = list(INT8_OPS)
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
     root = logging.getLogger()  # quantize_static warns on the root logger ("consider pre-processing")
@@ -232,11 +264,9 @@ def to_int8_qdq(model: onnx.ModelProto, output: Path, samples: Sequence[np.ndarr
     root.setLevel(logging.ERROR)
     try:
         quantize_static(
-            model, output, reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+            model, output, reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=list(INT8_OPS),
             per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-            nodes_to_exclude=sorted(set(exclude)), calibrate_method=methods[method],
-            # TensorRT takes symmetric int8 only, and float biases (no int32 DequantizeLinear).
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+            nodes_to_exclude=sorted(set(exclude)), calibrate_method=methods[method], extra_options=extra,
         )
     except (OptionError, ExportError):
         raise
@@ -244,6 +274,22 @@ def to_int8_qdq(model: onnx.ModelProto, output: Path, samples: Sequence[np.ndarr
         raise ExportError(f"int8 quantization failed: {one_line(exc)}") from exc
     finally:
         root.setLevel(level)
+
+
+def int8_qdq_model(model: onnx.ModelProto, samples: Sequence[np.ndarray], unquantized: Iterable[str],
+                   fp32: Iterable[str], method: str = "minmax", recipe: QdqRecipe = QdqRecipe()) -> onnx.ModelProto:
+    """The int8 Q/DQ form of `model`: `unquantized` nodes take float inputs, `fp32` nodes
+    stay fp32, the rest of the float ops in fp16 (see QdqRecipe)."""
+    unquantized = set(unquantized)
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # quantize_static moves the weights of the model it is given to external data
+    with tempfile.TemporaryDirectory(prefix="glnet-qdq-") as tmp:
+        path = Path(tmp) / "quantized.onnx"
+        to_int8_qdq(copy, path, samples, unquantized, method, recipe.output_quantization)
+        quantized = onnx.load(path)
+    if recipe.float_consumers:
+        float_inputs_back(quantized, unquantized, INT8_OPS)
+    return to_fp16(quantized, fp32) if recipe.fp16_rest else quantized
 
 
 def _set_metadata(model: onnx.ModelProto, precision: str, notes: list[str]) -> None:
@@ -276,7 +322,8 @@ def write_precision_onnx(source: str | Path, output: str | Path | None = None,
     fused = fuse_channel_layer_norms(model)
     if fused:
         notes.append(f"{fused} spelled-out channel LayerNorms fused back into LayerNormalization nodes")
-    keep = sensitive_nodes(model, include_slot_matmuls=options.precision == "int8") + list(options.keep_fp32)
+    keep = sensitive_nodes(model) + list(options.keep_fp32)
+    unquantized: list[str] = []
     if not keep:
         notes.append("no GLMix logits MatMul found: nothing is kept in fp32")
     samples: list[np.ndarray] = []
@@ -289,9 +336,8 @@ def write_precision_onnx(source: str | Path, output: str | Path | None = None,
         except MetadataError as exc:
             raise ExportError(f"{source}: {exc}; cannot tell how to preprocess calibration images") from None
         samples = calibration_samples(options.calibration, meta, options.calib_samples)
-        with atomic_outputs(output) as (temp,):
-            to_int8_qdq(model, temp, samples, keep, options.calib_method)
-            model = onnx.load(temp)
+        unquantized = sensitive_nodes(model, include_slot_matmuls=True) + list(options.keep_fp32)
+        model = int8_qdq_model(model, samples, unquantized, keep, options.calib_method)
     _set_metadata(model, options.precision, notes)
     model.doc_string = (model.doc_string + f" ({options.precision}: {len(keep)} nodes kept fp32)").strip()
     try:
@@ -304,5 +350,5 @@ def write_precision_onnx(source: str | Path, output: str | Path | None = None,
     return PrecisionResult(
         path=output, source=source, precision=options.precision, kept_fp32=keep, casts=ops.count("Cast"),
         quantized=ops.count("QuantizeLinear"), calibration_images=len(samples),
-        seconds=time.perf_counter() - start, notes=notes,
+        seconds=time.perf_counter() - start, notes=notes, unquantized=unquantized,
     )

@@ -7,6 +7,11 @@ the runtime also reads are in `artifacts.engine_manifest`.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import re
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from artifacts.engine_manifest import (  # noqa: F401  (re-exported: the build side uses them by this name)
@@ -91,3 +96,106 @@ def check_opset(opset: int, trt_version: str) -> None:
     if opset >= ATTENTION_OPSET and parse_version(trt_version)[:2] < ATTENTION_TRT:
         raise OptionError(f"the ONNX file has opset {opset}, but TensorRT {trt_version} parses ONNX Attention only "
                           "from 10.14: re-export with `glnet-export onnx --opset 20`")
+
+
+# --- the builder workspace: TensorRT's default is the whole device memory, which on a
+# Jetson is the memory the CPU, the OS and this process share.
+
+JETSON_WORKSPACE_FRACTION = 4  # a quarter of a Jetson's memory
+
+
+def default_workspace_mb(jetson_model: str | None, memory_bytes: int | None) -> int | None:
+    """The workspace limit to use when none is given: on a Jetson a quarter of the shared
+    memory (the parser, the ONNX file, PyTorch and the OS live in the rest); elsewhere None,
+    TensorRT's own default (the GPU's memory, which is the GPU's alone)."""
+    if jetson_model is None or not memory_bytes:
+        return None
+    return max(256, memory_bytes // JETSON_WORKSPACE_FRACTION >> 20)
+
+
+# --- DLA
+
+def check_dla_profile(profile: Profile, dla_core: int | None) -> None:
+    """DLA runs static shapes only: one line, before any slow work, if the profile is dynamic."""
+    if dla_core is not None and not profile.min == profile.opt == profile.max:
+        raise OptionError(f"--dla-core needs a static shape, but the profile is {format_shape(profile.min)} .. "
+                          f"{format_shape(profile.max)}: give --min, --opt and --max the same shape "
+                          f"(e.g. {format_shape(profile.opt)})")
+
+
+# --- layers of the parsed network and the ONNX nodes they come from
+
+_METADATA = re.compile(r"^\[ONNX Layer: (.*?)(?: \| .*)?\]$", re.DOTALL)
+_UNIQUE_SUFFIX = re.compile(r"^(.*)_\d+$", re.DOTALL)
+
+
+def layer_node(layer_name: str, metadata: str, node_names: Collection[str]) -> str | None:
+    """The ONNX node a network layer was made for, or None (a layer the parser added itself).
+
+    onnx-tensorrt (ImporterContext::registerLayer) writes `[ONNX Layer: <node> | ...]` into
+    each layer's metadata (TensorRT 8.6 on) and names the layer after the node, made unique
+    with `_<counter>` (weightUtils.cpp generateUniqueName) when a node needs several layers.
+    So `node_MatMul_1_57` may be a second layer of node_MatMul_1, while node_MatMul_10 is
+    another node: match whole names, never prefixes."""
+    found = _METADATA.match(metadata or "")
+    if found and found.group(1) in node_names:
+        return found.group(1)
+    if layer_name in node_names:
+        return layer_name
+    suffixed = _UNIQUE_SUFFIX.match(layer_name)
+    if suffixed and suffixed.group(1) in node_names:
+        return suffixed.group(1)
+    return None
+
+
+def layers_of_nodes(layers: Iterable[tuple[str, str]], nodes: Collection[str],
+                    node_names: Collection[str]) -> list[int]:
+    """Indexes of the layers (name, metadata) made for one of `nodes`, of a graph whose node
+    names are `node_names`."""
+    wanted = set(nodes)
+    return [i for i, (name, metadata) in enumerate(layers) if layer_node(name, metadata, node_names) in wanted]
+
+
+# --- the timing cache and who wrote it: TensorRT times tactics on one GPU with one version
+
+@dataclass(frozen=True)
+class TimingCacheOrigin:
+    """Written beside a timing cache (CACHE.json): the TensorRT and GPU that timed it."""
+
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+
+    def describe(self) -> str:
+        return f"TensorRT {self.tensorrt_version} on {self.gpu_name} (compute capability {self.compute_capability})"
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+
+
+def timing_cache_origin_path(cache: Path) -> Path:
+    return cache.with_name(cache.name + ".json")
+
+
+def check_timing_cache(cache: Path, here: TimingCacheOrigin) -> None:
+    """Refuse, in one line, a timing cache written by another TensorRT version or GPU (its
+    times would pick this device's tactics); a cache with no record of its origin is
+    checked by TensorRT itself (set_timing_cache with ignore_mismatch=False)."""
+    record = timing_cache_origin_path(cache)
+    if not cache.is_file() or not record.is_file():
+        return
+    try:
+        origin = TimingCacheOrigin(**json.loads(record.read_text(encoding="utf-8")))
+    except (ValueError, TypeError) as exc:
+        raise OptionError(f"{record}: not a timing cache record ({exc}); delete it and {cache.name}") from None
+    same = (parse_version(origin.tensorrt_version)[:3] == parse_version(here.tensorrt_version)[:3]
+            and origin.compute_capability == here.compute_capability and origin.gpu_name == here.gpu_name)
+    if not same:
+        raise OptionError(f"--timing-cache {cache} was written by {origin.describe()}; this is {here.describe()}: "
+                          "its timings would choose the wrong tactics here. Give another --timing-cache file")
+
+
+def onnx_node_names(path: Path) -> set[str]:
+    """The names the ONNX parser gives the nodes of `path` (an unnamed one: node_of_<first output>)."""
+    graph = read_onnx(path, load_external_data=False).graph
+    return {n.name or f"node_of_{n.output[0]}" for n in graph.node if n.name or n.output}

@@ -27,11 +27,21 @@ def tensorrt(
     min_shape: Annotated[str | None, typer.Option("--min", help="Smallest input, e.g. 1x3x224x224.")] = None,
     opt_shape: Annotated[str | None, typer.Option("--opt", help="Input shape to tune for.")] = None,
     max_shape: Annotated[str | None, typer.Option("--max", help="Largest input.")] = None,
-    workspace: Annotated[int | None, typer.Option(help="Builder workspace limit in MB.")] = None,
-    timing_cache: Annotated[Path | None, typer.Option(help="Timing cache file, read and updated.")] = None,
+    workspace: Annotated[int | None, typer.Option(help="Builder workspace limit in MB (default: TensorRT's, the "
+                                                  "GPU's memory; on a Jetson a quarter of the shared memory).")]
+    = None,
+    timing_cache: Annotated[Path | None, typer.Option(help="Timing cache file, read and updated; refused when "
+                                                      "another TensorRT version or GPU wrote it.")] = None,
     version_compatible: Annotated[bool, typer.Option(help="Build an engine later TensorRT versions can run.")] = False,
     typing_mode: Annotated[str, typer.Option("--typing", help="auto | strong | weak (TensorRT 10 builder flags).")]
     = "auto",
+    tf32: Annotated[bool, typer.Option(help="Allow TF32 in fp32 convolutions and matrix products (Ampere and "
+                                       "newer, Orin too): faster, inputs rounded to a 10-bit mantissa.")] = False,
+    opt_level: Annotated[int | None, typer.Option(help="Builder optimization level 0..5 (TensorRT's default 3; "
+                                                  "higher: longer builds, maybe faster engines).")] = None,
+    dla_core: Annotated[int | None, typer.Option(help="Build for this DLA core (Jetson AGX/NX Orin), layers DLA "
+                                                 "cannot run falling back to the GPU; needs a static shape "
+                                                 "(--min = --opt = --max) and fp16 or int8.")] = None,
     onnx_only: Annotated[bool, typer.Option("--onnx-only", help="Write and verify only the fp16/int8 ONNX "
                                             "(no TensorRT or GPU needed).")] = False,
     verify: Annotated[bool, typer.Option(help="Check the result against the source ONNX in onnxruntime.")] = True,
@@ -52,6 +62,7 @@ def tensorrt(
         opt_shape=parse_shape(opt_shape) if opt_shape else None,
         max_shape=parse_shape(max_shape) if max_shape else None, workspace_mb=workspace, timing_cache=timing_cache,
         version_compatible=version_compatible, typing=typing_mode,
+        tf32=tf32, opt_level=opt_level, dla_core=dla_core,
     )
     plan = plan_build(source, options)  # checks the options and the shapes before any slow work
     report: dict[str, Any] = {"precision_onnx": None, "engine": None, "verification": None}
@@ -129,6 +140,12 @@ def _summary(result: Any) -> Table:
         table.add_row("profile", f"{p.input}: min {fmt(map(str, p.min))}, opt {fmt(map(str, p.opt))}, "
                                  f"max {fmt(map(str, p.max))}")
     table.add_row("options", f"workspace {m.workspace_mb or 'default'} MB, version-compatible "
-                             f"{'yes' if m.version_compatible else 'no'}, timing cache {result.timing_cache or '-'}")
+                             f"{'yes' if m.version_compatible else 'no'}, timing cache {result.timing_cache or '-'}, "
+                             f"TF32 {'allowed' if m.tf32 else 'off'}, optimization level "
+                             f"{'default' if m.opt_level is None else m.opt_level}")
+    if m.dla_core is not None:
+        fallback = ", ".join(m.gpu_fallback_layers[:8]) + (", ..." if len(m.gpu_fallback_layers) > 8 else "")
+        table.add_row("DLA", f"core {m.dla_core}; {len(m.gpu_fallback_layers)} layer(s) on the GPU"
+                             + (f": {fallback}" if fallback else ""))
     table.add_row("time", f"{result.seconds:.1f} s")
     return table

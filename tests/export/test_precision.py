@@ -40,6 +40,14 @@ def tiny(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-d
     return net, path
 
 
+@pytest.fixture(scope="module")
+def int8(tiny, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    photos = sample_photo_paths()
+    assert photos, "no sample photographs: scikit-image (a dependency) is missing"
+    out = tmp_path_factory.mktemp("int8") / "m.int8.onnx"
+    return write_precision_onnx(tiny[1], out, PrecisionOptions("int8", calibration=photos))
+
+
 def _types(model: onnx.ModelProto) -> dict[str, int]:
     inferred = onnx.shape_inference.infer_shapes(model)
     g = inferred.graph
@@ -107,12 +115,38 @@ def test_fp16_keeps_norms_softmaxes_and_logits_matmul_in_fp32(tiny, tmp_path) ->
         assert runner.precision == "fp16"
 
 
-def test_fp16_and_int8_onnx_match_pytorch(tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_int8_runs_the_float_rest_in_fp16_and_quantizes_only_int8_inputs(tiny, int8) -> None:  # type: ignore[no-untyped-def]
+    """As Model Optimizer writes it for a strongly typed engine: LayerNorm, GELU, softmax and
+    residual Adds in fp16, GLMix's fp32 nodes (the fp16 file's rule) in fp32, and a Q/DQ pair
+    only where a Conv/MatMul/Gemm reads the tensor (no output re-quantized for its own sake)."""
+    model = onnx.load(int8.path)
+    types = _types(model)
+    assert set(int8.kept_fp32) == set(sensitive_nodes(onnx.load(tiny[1]))) and len(int8.kept_fp32) == 36
+    assert set(int8.kept_fp32) < set(int8.unquantized)  # + the clustering and dispatching MatMuls
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    kept, fp16_ops = set(int8.kept_fp32), {"LayerNormalization": 0, "Gelu": 0, "Softmax": 0, "Add": 0}
+    for node in model.graph.node:
+        float_io = [t for t in [*node.input, *node.output] if types.get(t) in (FLOAT, FLOAT16)]
+        if node.name in kept:
+            assert all(types[t] == FLOAT for t in float_io), f"{node.op_type} {node.name} is not all fp32"
+        elif node.op_type in fp16_ops:
+            assert all(types[t] == FLOAT16 for t in float_io), f"{node.op_type} {node.name} is not fp16"
+            fp16_ops[node.op_type] += 1
+        if node.op_type == "DequantizeLinear":
+            assert types[node.output[0]] == FLOAT16  # fp16 scales, as the float rest
+            readers = {u.op_type for u in users.get(node.output[0], [])}
+            assert readers & {"Conv", "MatMul", "Gemm"}, f"{node.name} is read by {readers} only"
+    assert min(fp16_ops.values()) > 0, fp16_ops
+    assert types[model.graph.input[0].name] == FLOAT and types[model.graph.output[0].name] == FLOAT
+
+
+def test_fp16_and_int8_onnx_match_pytorch(tiny, int8, tmp_path) -> None:  # type: ignore[no-untyped-def]
     net, source = tiny
     photos = sample_photo_paths()
-    assert photos, "no sample photographs: scikit-image (a dependency) is missing"
     fp16 = write_precision_onnx(source, tmp_path / "m.fp16.onnx", PrecisionOptions("fp16"))
-    int8 = write_precision_onnx(source, tmp_path / "m.int8.onnx", PrecisionOptions("int8", calibration=photos))
     assert int8.quantized > 50 and int8.calibration_images == len(photos)
     model = onnx.load(int8.path)
     producer = {o: n for n in model.graph.node for o in n.output}

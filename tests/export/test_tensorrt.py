@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from fake_tensorrt import fixed_stub_text
 from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
@@ -195,8 +196,7 @@ def _patched_stubs(target: Path) -> None:
     for package in ("tensorrt", "tensorrt_bindings"):
         shutil.copytree(site / package, target / package)
     for stub in target.rglob("*.pyi"):
-        text = re.sub(r"([(,]\s*)in(\s*:)", r"\1in_\2", stub.read_text(encoding="utf-8"))
-        text = text.replace("channel_axis: int)", "channel_axis: int = ...)")
+        text = fixed_stub_text(stub.read_text(encoding="utf-8"))
         ast.parse(text, str(stub))  # a new syntax error in a later stubs version fails here, loudly
         stub.write_text(text, encoding="utf-8")
 
