@@ -180,7 +180,7 @@ def _failed(shape: Sequence[int], reason: str) -> EdgeFigures:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.edge", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.edge", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("artifact")
     parser.add_argument("--shape", required=True, help="N,3,H,W")
     parser.add_argument("--device", default="cpu")
