@@ -178,6 +178,11 @@ def test_cli_refuses_bad_profiles_before_any_work(tmp_path: Path) -> None:
     source = _tiny_onnx(tmp_path / "m.onnx", ["batch", 3, 224, 224])
     result = CliRunner().invoke(app, ["tensorrt", str(source), "--max", "2x3x224x224", "--opt", "4x3x224x224"])
     assert result.exit_code == 1 and "min <= opt <= max" in result.output
+    for args, message in ((["--precision", "fp16", "--dla-core", "0"], "--dla-core needs a static shape"),
+                          (["--dla-core", "0", "--min", "1x3x224x224", "--max", "1x3x224x224"], "fp16 or int8 only"),
+                          (["--opt-level", "7"], "--opt-level must be within 0..5")):
+        result = CliRunner().invoke(app, ["tensorrt", str(source), *args])
+        assert result.exit_code == 1 and message in result.output and len(result.output.strip().splitlines()) == 1
 
 
 def test_tensorrt_modules_import_without_tensorrt() -> None:
@@ -258,6 +263,10 @@ def test_engine_builds_runs_and_matches_onnxruntime(tiny_onnx: Path, tmp_path: P
         metrics = compare_outputs(ort_runner.infer(x), trt_runner.infer(x))
         with pytest.raises(runtimes.RuntimeInputError, match="outside the engine's profile"):
             trt_runner.infer(np.zeros((5, 3, 224, 224), np.float32))
+        with runtimes.load(result.path, cuda_graph=True) as graphs:  # captured, then replayed twice
+            for _ in range(3):
+                np.testing.assert_allclose(graphs.infer(x), trt_runner.infer(x), rtol=1e-5, atol=1e-6)
+            assert not [n for n in graphs.notes if "capture failed" in n], graphs.notes
     tol = tolerance_for(precision)
     assert metrics["max_rel"] <= tol.max_rel and metrics["cosine"] >= tol.min_cosine, metrics
     build_engine(tiny_onnx, tmp_path / "again.engine", options)  # reuses and rewrites the timing cache
