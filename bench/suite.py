@@ -18,7 +18,7 @@ import hashlib
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +27,12 @@ import numpy as np
 import runtimes
 from artifacts.backends import BackendUnavailableError
 from artifacts.errors import OptionError, one_line
+from artifacts.labelled import LabelledSet
 from artifacts.photos import sample_photo_paths
 from export.formats import FORMATS, Format, build, default_output
 from glnet.model import GLNet
 from runtimes.base import Runner
+from verification.accuracy import FormatAccuracy
 from verification.metrics import shapes_to_verify, tolerance_for, verify
 
 from .edge import MIB, EdgeFigures, measure_in_child
@@ -55,6 +57,9 @@ class SuiteOptions:
     warmup: int = 3
     gpu: str = "cuda"  # device of the TensorRT engines
     edge: bool = True  # each file's load time, first inference and peak memory, from a fresh process
+    data: Path | None = None  # labelled images: top-1 of every format and its change from PyTorch
+    labels: Path | None = None  # their labels file, where not class folders (artifacts.labelled)
+    limit: int | None = None  # a class-balanced sample of the labelled images
 
     def validate(self) -> None:
         from export.formats import parse_formats
@@ -88,6 +93,7 @@ class FormatRow:
     first_inference_ms: float | None = None
     peak_rss_mb: float | None = None  # MiB, that process's peak
     baseline_rss_mb: float | None = None  # MiB, the same process before loading the file
+    accuracy: FormatAccuracy | None = None  # on --data: top-1 / top-5 and the change from PyTorch
 
 
 @dataclass
@@ -142,6 +148,7 @@ def run_suite(model: GLNet, options: SuiteOptions, checkpoint_sha256: str | None
     options.validate()
     say = progress or (lambda _msg: None)
     name = model.cfg.name
+    labelled = _labelled(model, options)  # bad --data fails here, before any export
     rows = {f: FormatRow(f, FORMATS[f].description) for f in options.formats}
     runners: dict[str, Runner] = {}
     with contextlib.ExitStack() as stack:
@@ -186,9 +193,49 @@ def run_suite(model: GLNet, options: SuiteOptions, checkpoint_sha256: str | None
             except Exception as exc:  # noqa: BLE001
                 row.status, row.reason = "error", f"cannot run: {one_line(exc)}"
         _verify_all(model, runners, rows, options, say)
+        if labelled is not None:
+            _score_all(model, runners, rows, labelled, options, say)
         artifacts = _time_all(runners, rows, options, say, edge)
     return SuiteResult(name, "random" if checkpoint_sha256 is None else checkpoint_sha256, list(rows.values()),
                        artifacts)
+
+
+def _labelled(model: GLNet, options: SuiteOptions) -> LabelledSet | None:
+    from artifacts.labelled import read_labelled
+    from artifacts.labels import labels_for
+    from artifacts.metadata import IMAGENET_LABELS
+
+    if options.data is None:
+        return None
+    # ImageNet's names when the model has 1000 classes, as its exports say (else "class N").
+    return read_labelled(options.data, options.labels, labels_for(IMAGENET_LABELS, model.num_classes), options.limit)
+
+
+def _score_all(model: GLNet, runners: dict[str, Runner], rows: dict[str, FormatRow], labelled: LabelledSet,
+               options: SuiteOptions, say: Progress) -> None:
+    """Every format on the labelled images, each paired with PyTorch on the same images."""
+    from runtimes.torch import TorchRunner
+    from verification.accuracy import PYTORCH, AccuracyOptions, score_runners
+
+    reference = runners.get("pytorch") or TorchRunner(model, threads=options.threads)
+    files = [(f, r) for f, r in runners.items() if f != "pytorch"]
+    # Preprocessing as the files say; PyTorch alone: at the --input-size (its runner knows no export size).
+    meta = next((r.metadata for _f, r in files if r.metadata is not None), None)
+    if meta is None:
+        assert reference.metadata is not None
+        meta = replace(reference.metadata, input_size=options.input_size)
+    # At least 8 a call, and no more: TensorRT engines take up to 8 unless built for a larger --batch.
+    accuracy = AccuracyOptions(batch=max(options.batch, 8), threads=options.threads)
+    try:
+        scored = score_runners([(PYTORCH, reference), *files], labelled, meta, PYTORCH, accuracy,
+                               lambda _what, done, total: say(f"accuracy on the labelled images: {done}/{total}"))
+    except Exception as exc:  # noqa: BLE001 - the timing still has something to say
+        for row in rows.values():
+            row.reason = "; ".join(filter(None, (row.reason, f"accuracy not measured: {one_line(exc)}")))
+        return
+    for result in scored:
+        if result.name in rows:
+            rows[result.name].accuracy = result
 
 
 def _measure_edge(files: dict[str, Path], rows: dict[str, FormatRow], options: SuiteOptions,

@@ -9,10 +9,17 @@ two CPU cores, and keeps held-out digits for calibration and evaluation.
 The digits are fed through `artifacts.preprocess.preprocess` exactly as an exported
 artifact's metadata describes, so PNGs written from the held-out images and read back by
 `--calib` (or by verification) are the same inputs the network was trained on.
+
+`load_or_train` keeps the trained weights on disk, keyed by a hash of the code that
+determines them, under a file lock: the pytest-xdist workers (and later runs) share one
+training instead of each spending half a minute of a core on it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +48,7 @@ class TrainedDigits:
     calib_images: np.ndarray  # N x 8 x 8 x 3 uint8, as written to PNG
     eval_images: np.ndarray
     eval_labels: np.ndarray
+    checkpoint: Path | None = None  # the weights as a bare state dict (load_or_train), for --checkpoint
 
     def write_pngs(self, folder: Path, which: str = "calib") -> list[Path]:
         """The held-out digits as RGB PNGs in `folder` (created), in order."""
@@ -71,6 +79,13 @@ def _inputs(images: np.ndarray, meta: ArtifactMetadata) -> torch.Tensor:
     return torch.from_numpy(np.concatenate([preprocess(img, meta) for img in images]))
 
 
+def _split(seed: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The digits in the seeded order, and where the held-out part starts."""
+    images, labels = _rgb_digits()
+    order = np.random.default_rng(seed).permutation(len(images))
+    return images[order], labels[order], len(images) - N_CALIB - N_EVAL
+
+
 def train_digits(epochs: int = 6, seed: int = 0) -> TrainedDigits:
     """Train glnet_tiny on the digits for `epochs` full epochs.
 
@@ -78,10 +93,7 @@ def train_digits(epochs: int = 6, seed: int = 0) -> TrainedDigits:
     accuracy the tests assert depend on the load. The same seed gives the same weights.
     """
     torch.manual_seed(seed)
-    images, labels = _rgb_digits()
-    order = np.random.default_rng(seed).permutation(len(images))
-    images, labels = images[order], labels[order]
-    n_train = len(images) - N_CALIB - N_EVAL
+    images, labels, n_train = _split(seed)
     meta = digits_meta()
     x_train, y_train = _inputs(images[:n_train], meta), torch.from_numpy(labels[:n_train])
 
@@ -99,13 +111,53 @@ def train_digits(epochs: int = 6, seed: int = 0) -> TrainedDigits:
         _train(model, opt, sched, x_train, y_train, epochs, gen)
     finally:
         torch.set_num_threads(threads)
-    model.eval()
+    return _judged(model.eval(), seed, time.perf_counter() - start)
+
+
+def _judged(model: GLNet, seed: int, seconds: float, checkpoint: Path | None = None) -> TrainedDigits:
+    """The trained model with its data split and its accuracies, measured now."""
+    images, labels, n_train = _split(seed)
+    meta = digits_meta()
     calib = images[n_train : n_train + N_CALIB]
     eval_images, eval_labels = images[n_train + N_CALIB :], labels[n_train + N_CALIB :]
     with torch.inference_mode():
-        train_acc = float((model(x_train[:400]).argmax(1) == y_train[:400]).float().mean())
+        train_acc = float((model(_inputs(images[:400], meta)).argmax(1).numpy() == labels[:400]).mean())
         eval_acc = float((model(_inputs(eval_images, meta)).argmax(1).numpy() == eval_labels).mean())
-    return TrainedDigits(model, train_acc, eval_acc, time.perf_counter() - start, calib, eval_images, eval_labels)
+    return TrainedDigits(model, train_acc, eval_acc, seconds, calib, eval_images, eval_labels, checkpoint)
+
+
+def training_key(epochs: int = 6, seed: int = 0) -> str:
+    """A hash of everything the trained weights depend on: this file, the model's code, the
+    preprocessing, torch's version and the settings. Any change retrains."""
+    import artifacts.preprocess
+
+    digest = hashlib.sha256(f"{torch.__version__} {epochs} {seed}".encode())
+    sources = [Path(__file__), Path(artifacts.preprocess.__file__), *sorted(Path(glnet.__file__).parent.rglob("*.py"))]
+    for source in sources:
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def load_or_train(cache: Path, epochs: int = 6, seed: int = 0) -> TrainedDigits:
+    """The trained digits model, its weights read from `cache` when a run of the same code
+    trained it before, else trained now and stored there (a bare state dict, loadable as
+    a --checkpoint). A file lock lets one process train while the others wait for it."""
+    import fcntl
+
+    cache.mkdir(parents=True, exist_ok=True)
+    weights = cache / f"digits-{training_key(epochs, seed)}.pth"
+    record = weights.with_suffix(".json")
+    with open(cache / "digits.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not weights.is_file():
+            trained = train_digits(epochs, seed)
+            temp = weights.with_suffix(f".tmp{os.getpid()}")
+            torch.save(trained.model.state_dict(), temp)
+            record.write_text(json.dumps({"seconds": trained.seconds}))
+            os.replace(temp, weights)  # complete or absent, never half a file
+    model = glnet.create_model(MODEL, checkpoint=weights, num_classes=10)
+    seconds = float(json.loads(record.read_text())["seconds"]) if record.is_file() else float("nan")
+    return _judged(model, seed, seconds, weights)
 
 
 def _train(model: GLNet, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,

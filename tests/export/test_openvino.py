@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers_trained import TrainedDigits, train_digits
+from helpers_trained import TrainedDigits
 from typer.testing import CliRunner
 
 import glnet
@@ -57,21 +57,13 @@ def tiny_fp32(tiny_onnx: Path, work: Path) -> Path:
     return convert_openvino(tiny_onnx, work / "tiny.xml", OpenVinoOptions(precision="fp32")).xml
 
 
-@pytest.fixture(scope="session")
-def digits() -> TrainedDigits:
-    """glnet_tiny trained on scikit-learn's digits (~25 s on two cores), once per session."""
-    return train_digits()
-
-
 @pytest.fixture(scope="module")
-def digits_files(digits: TrainedDigits, work: Path) -> dict[str, Path]:
-    onnx_path = work / "digits.onnx"
-    export_onnx(digits.model, onnx_path, OnnxExportOptions(input_size=(32, 32), dynamic="batch"),
-                checkpoint_sha256="0" * 64)  # marks the weights as trained
+def digits_files(digits: TrainedDigits, digits_onnx: Path, work: Path) -> dict[str, Path]:
+    """The trained digits model (session fixtures in conftest: trained and exported once)."""
     calib, evaluation = work / "digits_calib", work / "digits_eval"
     digits.write_pngs(calib, "calib")
     digits.write_pngs(evaluation, "eval")
-    return {"onnx": onnx_path, "calib": calib, "eval": evaluation}
+    return {"onnx": digits_onnx, "calib": calib, "eval": evaluation}
 
 
 def _bf16_cpu() -> bool:
