@@ -54,7 +54,7 @@ def accuracy_table(result: Any) -> Table:
     names += ["top-1 change, pp", "agree %"] if paired else []
     for name in [*names, "img/s"]:
         table.add_column(name, justify="left" if name in ("format", "ran as") else "right",
-                         no_wrap=name not in ("format", "ran as"))
+                         no_wrap=name not in ("format", "ran as"), overflow="fold")  # a long file name whole
     for r in result.rows:
         cells = [escape(Path(r.name).name), escape(_ran_as(r)), _pct(r.top1), _pct(r.top5)]
         if paired:
