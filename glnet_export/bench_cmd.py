@@ -21,7 +21,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from .bench_formats_cmd import bench_formats
-from .common import checked_output, err, fail, handle_errors, out, write_json
+from .common import checked_output, err, fail, handle_errors, human_bytes, out, write_json
 
 MODEL_FLAGS = ("--model", "-m")
 
@@ -91,12 +91,18 @@ def _ms(value: float | None, spec: str = ".2f") -> str:
     return "-" if value is None or value != value else format(value, spec)
 
 
+def _mib(value: float | None) -> str:
+    return "-" if value is None else human_bytes(int(value * 2**20))
+
+
 def results_table(benches: list[Any], title: str) -> Table:
     gpu = any(r.gpu_compute for b in benches for r in b.results)
     streams = any(r.mode == "throughput" for b in benches for r in b.results)
+    energy = any(r.energy_mj_per_image is not None for b in benches for r in b.results)
     table = Table(title=title, title_justify="left")
     columns = ["artifact", "precision", "batch", "size", "cold", "mean", "std", "min", "p50", "p90", "p95", "p99",
-               "max", "img/s"] + (["GPU p50"] if gpu else []) + (["streams"] if streams else [])
+               "max", "img/s"] + (["GPU p50"] if gpu else []) + (["streams"] if streams else []) + (
+               ["mJ/img"] if energy else [])
     for name in columns:
         table.add_column(name, justify="left" if name in ("artifact", "precision") else "right", no_wrap=True)
     errors = []
@@ -111,10 +117,42 @@ def results_table(benches: list[Any], title: str) -> Table:
                    _ms(r.throughput, ".1f")]
             row += [_ms(r.gpu_compute.p50 if r.gpu_compute else None)] if gpu else []
             row += [str(r.streams)] if streams else []
+            row += [_ms(r.energy_mj_per_image, ".1f")] if energy else []
             table.add_row(*row)
     table.caption = ("latency in ms over warm runs (cold: the first run, after any per-shape compile); "
                      "img/s over the measured wall time") + (
         "".join(f"\n[red]not measured[/] {e}" for e in errors))
+    return table
+
+
+def edge_table(benches: list[Any], title: str) -> Table:
+    """Per artifact: file size, load time, first inference, peak memory, GPU memory, energy."""
+    gpu = any(b.gpu_memory_mb is not None for b in benches)
+    table = Table(title=title, title_justify="left")
+    columns = ["artifact", "shape", "file", "load s", "first ms", "peak RSS", "runtime alone"] + (
+        ["GPU memory"] if gpu else []) + ["mJ/img", "avg W"]
+    for name in columns:
+        table.add_column(name, justify="left" if name in ("artifact", "shape") else "right", no_wrap=True)
+    notes: dict[str, str] = {}  # reason -> its number in the caption
+    for b in benches:
+        def cell(value: str, key: str, b: Any = b) -> str:
+            reason = b.not_measured.get(key)
+            if value != "-" or not reason:
+                return value
+            notes.setdefault(reason, str(len(notes) + 1))
+            return f"n/a ({notes[reason]})"
+
+        row = [b.name, "x".join(map(str, b.edge_shape)) or "-", _mib(b.file_mb),
+               cell(_ms(b.load_seconds, ".2f"), "load_seconds"), cell(_ms(b.first_inference_ms, ".1f"),
+                                                                      "first_inference_ms"),
+               cell(_mib(b.peak_rss_mb), "peak_rss_mb"), _mib(b.baseline_rss_mb)]
+        row += [cell(_mib(b.gpu_memory_mb), "gpu_memory_mb")] if gpu else []
+        row += [cell(_ms(b.energy_mj_per_image, ".1f"), "energy_mj_per_image"), _ms(b.avg_power_w, ".1f")]
+        table.add_row(*row)
+    table.caption = ("load: runtimes.load + compiling the shape, first: the first inference after it, peak RSS: "
+                     "the peak resident memory, all from a fresh process per artifact; runtime alone: that process "
+                     "before loading the file (the model costs the difference); energy over the timed runs"
+                     + "".join(f"\n({n}) {escape(reason)}" for reason, n in notes.items()))
     return table
 
 
@@ -154,6 +192,9 @@ def run(
     streams: Annotated[int | None, typer.Option(help="Throughput mode: requests in flight (default: auto).")] = None,
     per_layer: Annotated[bool, typer.Option("--per-layer", help="Profile the hottest operator types and layers.")]
     = False,
+    edge: Annotated[bool, typer.Option("--edge/--no-edge", help="Also load each artifact in a fresh process: load "
+                                       "time, first inference, peak memory (a second or more per artifact).")]
+    = True,
     top: Annotated[int, typer.Option(help="Rows of the per-layer table.")] = 15,
     json_path: Annotated[Path | None, typer.Option("--json", callback=checked_output,
                                                    help="Write the results as JSON ('-': stdout).")] = None,
@@ -173,7 +214,7 @@ def run(
     measure = Budget(count=iters) if iters is not None else Budget(seconds=seconds, minimum=5)
     options = BenchOptions(batches=_ints(batch, "--batch"), sizes=_sizes(input_size),
                            warmup=Budget.parse(warmup, minimum=1), measure=measure, threads=threads, device=device,
-                           precision=precision, mode=mode, streams=streams, per_layer=per_layer)
+                           precision=precision, mode=mode, streams=streams, per_layer=per_layer, edge=edge)
     options.validate()
     if top < 1:
         raise fail(f"--top must be >= 1, not {top}")
@@ -184,6 +225,8 @@ def run(
     if device_info.busy_cpus and device_info.busy_cpus > 0.25:
         err.print(f"[yellow]WARNING:[/] other processes keep {device_info.busy_cpus:.1f} CPUs busy: timings will be "
                   "noisy (and multi-threaded PyTorch or CPU runtimes much slower than on an idle machine)")
+    if device_info.clock_warning():
+        err.print(f"[yellow]WARNING:[/] {escape(device_info.clock_warning())}", soft_wrap=True)
     benches, failed, progress = [], [], LazyProgress()
     try:
         for path in artifacts:
@@ -207,6 +250,8 @@ def run(
         write_csv(report, csv_path)
     if not to_stdout:
         out.print(results_table(benches, f"{options.mode} on {device_info.summary()}"))
+        if benches:
+            out.print(edge_table(benches, "What a device must hold: per artifact"))
         for b in benches:
             if b.layers is not None:
                 out.print(layers_table(b, top))
@@ -264,8 +309,26 @@ def compare(
     table.caption = "B/A latency below 1: B is faster" + (f"; {unmatched} measurement(s) in only one file"
                                                           if unmatched else "")
     out.print(table)
+    if result.edge:
+        out.print(_edge_compare_table(result.edge))
     if not result.rows:
         raise fail("the two files have no measurement in common (same artifact name, mode, batch and size)")
+
+
+def _edge_compare_table(rows: list[Any]) -> Table:
+    table = Table(title="Per artifact, A -> B (-: not measured, or a file from before these were recorded)",
+                  title_justify="left")
+    names = {"file_mb": ("file MiB", ".1f"), "load_seconds": ("load s", ".2f"), "first_inference_ms":
+             ("first ms", ".1f"), "peak_rss_mb": ("peak RSS MiB", ".0f"), "gpu_memory_mb": ("GPU MiB", ".0f"),
+             "energy_mj_per_image": ("mJ/img", ".1f")}
+    shown = [k for k in names if any(r.a.get(k) is not None or r.b.get(k) is not None for r in rows)]
+    table.add_column("artifact", no_wrap=True)
+    for key in shown:
+        table.add_column(names[key][0], justify="right", no_wrap=True)
+    for r in rows:
+        table.add_row(r.artifact, *(f"{_ms(r.a.get(k), names[k][1])} -> {_ms(r.b.get(k), names[k][1])}"
+                                    for k in shown))
+    return table
 
 
 # `bench --model M`: the all-format table, in its own module (its table and options are its own).
