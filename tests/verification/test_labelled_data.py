@@ -219,3 +219,29 @@ def test_top_k_and_hits() -> None:
     labels = np.array([2, 0])
     assert hits_at(top, labels, 1).tolist() == [False, True] and hits_at(top, labels, 2).tolist() == [True, True]
     assert accuracy(hits_at(top, labels, 1)).hits == 1
+
+
+def test_a_fixed_batch_runner_gets_its_own_batch_size(layouts: dict[str, LabelledFolder]) -> None:
+    """A file exported with a fixed batch (TensorRT engines, --dynamic none) is fed exactly that
+    many images per call, the last call filled up; its scores are those of a dynamic runner."""
+    from runtimes.base import Runner, TensorSpec
+    from verification.accuracy import AccuracyOptions, score_runners
+
+    class Pixels(Runner):  # ten "logits" from the pixels, so each image scores its own way
+        backend = "fake"
+
+        def __init__(self, batch: int | str) -> None:
+            super().__init__()
+            self.inputs = [TensorSpec("input", (batch, 3, 32, 32), "float32")]
+            self.calls: list[int] = []
+
+        def _infer(self, x: np.ndarray) -> np.ndarray:
+            self.calls.append(len(x))
+            return x.reshape(len(x), -1)[:, :10] * 3
+
+    fixed, dynamic = Pixels(4), Pixels("batch")
+    found = read_labelled(layouts["index-folders"].data, None, TEN, limit=10)
+    rows = score_runners([("dynamic", dynamic), ("fixed", fixed)], found, META, "dynamic", AccuracyOptions(batch=7))
+    assert fixed.calls == [4, 4, 4] and dynamic.calls == [7, 3]
+    assert rows[1].top1 == rows[0].top1 and rows[1].agreement_with_pytorch is not None
+    assert rows[1].agreement_with_pytorch.hits == 10
