@@ -22,8 +22,10 @@ def _num(value: float | None, spec: str) -> str:
 
 def suite_table(result: Any, title: str) -> Table:
     table = Table(title=title, title_justify="left")
-    for name in ("format", "status", "precision", "file size", "max abs err", "top-1", "p50 ms", "img/s", "vs eager",
-                 "export s"):
+    labelled = any(r.accuracy is not None for r in result.rows)  # --data: accuracy columns after top-1
+    for name in ("format", "status", "precision", "file size", "max abs err", "top-1",
+                 *(("data top-1 %", "vs PyTorch pp") if labelled else ()), "p50 ms", "img/s", "vs eager",
+                 "load s", "first ms", "peak RSS", "export s"):
         table.add_column(name, justify="left" if name in ("format", "status", "precision") else "right", no_wrap=True)
     eager = next((r.p50_ms for r in result.rows if r.format == "pytorch"), None)
     reasons = []
@@ -33,14 +35,34 @@ def suite_table(result: Any, title: str) -> Table:
             reasons.append(f"{r.format}: {r.reason}")
             status += f" ({len(reasons)})"
         table.add_row(r.format, status, r.precision or "-", human_bytes(r.size_bytes) if r.size_bytes else "-",
-                      _num(r.max_abs, ".2e"), _num(r.top1, ".0%"), _num(r.p50_ms, ".1f"), _num(r.throughput, ".1f"),
+                      _num(r.max_abs, ".2e"), _num(r.top1, ".0%"), *(_accuracy_cells(r) if labelled else ()),
+                      _num(r.p50_ms, ".1f"), _num(r.throughput, ".1f"),
                       _num(r.p50_ms / eager if eager and r.p50_ms else None, ".2f"),
+                      _num(r.load_seconds, ".2f"), _num(r.first_inference_ms, ".1f"),
+                      human_bytes(int(r.peak_rss_mb * 2**20)) if r.peak_rss_mb is not None else "-",
                       _num(r.export_s if r.export_s else None, ".1f"))
     table.caption = ("max abs err and top-1 against PyTorch on the sample photographs and random inputs; p50 from "
-                     "all formats timed in alternation; vs eager: p50 / PyTorch's p50 (below 1: faster than eager)"
+                     "all formats timed in alternation; vs eager: p50 / PyTorch's p50 (below 1: faster than eager); "
+                     "load s (runtimes.load + compile), first ms (the first inference) and peak RSS (resident "
+                     "memory) from a fresh process per file"
+                     + (f"; data top-1 on {_labelled_images(result)} labelled images (--data), vs PyTorch: the change "
+                        "of that top-1 from PyTorch's on the same images, in percentage points (95% interval: "
+                        "`glnet-export accuracy`)" if labelled else "")
                      + "".join(f"\n({i}) {escape(t)}" for i, t in
                                                                    enumerate(reasons, 1)))
     return table
+
+
+def _accuracy_cells(row: Any) -> tuple[str, str]:
+    acc = row.accuracy
+    if acc is None:
+        return "-", "-"
+    change = acc.change_from_pytorch
+    return f"{acc.top1.value * 100:.2f}", "-" if change is None else f"{change.change * 100:+.2f}"
+
+
+def _labelled_images(result: Any) -> int:
+    return next(r.accuracy.images for r in result.rows if r.accuracy is not None)
 
 
 @handle_errors
@@ -59,6 +81,13 @@ def bench_formats(
     workdir: Annotated[Path | None, typer.Option(help="Keep the artifacts in this folder (default: removed).")]
     = None,
     gpu: Annotated[str, typer.Option(help="Device of the TensorRT engines.")] = "cuda",
+    data: Annotated[Path | None, typer.Option("--data", help="Labelled images (as `accuracy --data`): top-1 of "
+                                              "every format and its change from PyTorch.")] = None,
+    labels: Annotated[Path | None, typer.Option("--labels", help="Their labels file (as `accuracy --labels`).")]
+    = None,
+    limit: Annotated[int | None, typer.Option(help="A class-balanced sample of N labelled images.")] = None,
+    edge: Annotated[bool, typer.Option("--edge/--no-edge", help="Load each file in a fresh process too: load time, "
+                                       "first inference, peak memory.")] = True,
     json_path: Annotated[Path | None, typer.Option("--json", callback=checked_output,
                                                    help="Write the results as JSON ('-': stdout).")] = None,
 ) -> None:
@@ -70,12 +99,15 @@ def bench_formats(
     from export.onnx import parse_input_size
 
     options = SuiteOptions(input_size=parse_input_size(input_size), batch=batch, threads=threads,
-                           formats=parse_formats(formats), calib=calib, workdir=workdir, rounds=iters, gpu=gpu)
+                           formats=parse_formats(formats), calib=calib, workdir=workdir, rounds=iters, gpu=gpu,
+                           edge=edge, data=data, labels=labels, limit=limit)
     options.validate()
     net, sha256 = model_from_options(model, checkpoint, use_ema=use_ema)
     device = collect_device_info(threads)
     if device.busy_cpus and device.busy_cpus > 0.25:
         err.print(f"[yellow]WARNING:[/] other processes keep {device.busy_cpus:.1f} CPUs busy: timings will be noisy")
+    if device.clock_warning():
+        err.print(f"[yellow]WARNING:[/] {escape(device.clock_warning())}", soft_wrap=True)
     with err.status(f"benchmarking {model}") as status:
         result = run_suite(net, options, checkpoint_sha256=sha256, progress=status.update)
     report = BenchReport("benchmark", device, jsonable(options), result.artifacts,
