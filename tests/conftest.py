@@ -8,6 +8,7 @@ import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -17,6 +18,10 @@ import torch
 import glnet
 from artifacts.photos import sample_photo_paths
 from glnet.testing import seeded_model
+
+if TYPE_CHECKING:
+    from helpers_labelled import LabelledFolder
+    from helpers_trained import TrainedDigits
 
 # Keep timings and thread pools predictable: the cores are shared by the pytest-xdist
 # workers (2 cores, 2 workers on CI: one thread each), or all ours when run alone.
@@ -142,6 +147,43 @@ def _seeded_globals() -> None:
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def digits(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> TrainedDigits:
+    """glnet_tiny trained on scikit-learn's digits (`helpers_trained`): a model whose accuracy
+    means something, >= 90% on its 200 held-out digits. Trained once for every xdist worker
+    and later run: the weights are kept in pytest's cache, keyed by a hash of the code that
+    makes them, under a file lock (training takes ~37 s of a core). Shared: do not change it."""
+    from helpers_trained import load_or_train
+
+    cache = request.config.cache
+    folder = cache.mkdir("glnet-digits") if cache is not None else tmp_path_factory.getbasetemp().parent / "digits"
+    trained = load_or_train(folder)
+    assert trained.eval_accuracy >= 0.90, f"the digits model reaches only {trained.eval_accuracy:.1%} held out"
+    return trained
+
+
+@pytest.fixture(scope="session")
+def digits_onnx(digits: TrainedDigits, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The digits model exported once per session (32 x 32, dynamic batch), its metadata naming
+    `digits.checkpoint` as its weights. Shared: convert it, do not change it."""
+    from export.onnx import OnnxExportOptions, export_onnx
+    from glnet.checkpoint import checkpoint_sha256
+
+    assert digits.checkpoint is not None
+    path = tmp_path_factory.mktemp("digits-onnx") / "digits.onnx"
+    export_onnx(digits.model, path, OnnxExportOptions(input_size=(32, 32), dynamic="batch"),
+                checkpoint_sha256=checkpoint_sha256(digits.checkpoint))
+    return path
+
+
+@pytest.fixture(scope="session")
+def digits_labelled(digits: TrainedDigits, tmp_path_factory: pytest.TempPathFactory) -> dict[str, LabelledFolder]:
+    """The 200 held-out digits written in every labelled layout (`helpers_labelled`), by name."""
+    from helpers_labelled import write_layouts
+
+    return write_layouts(digits.eval_images, digits.eval_labels, tmp_path_factory.mktemp("digits-labelled"))
 
 
 @pytest.fixture(scope="session")
