@@ -6,8 +6,10 @@ from __future__ import annotations
 import typer
 
 from . import formats_cmd, models_cmd, onnx_cmd, openvino_cmd, ort_cmd, predict_cmd, slots_cmd, tensorrt_cmd, verify_cmd
+from .accuracy_cmd import accuracy
 from .bench_cmd import app as bench_app
 from .bench_formats_cmd import bench_formats
+from .doctor_cmd import doctor
 from .serve_cmd import serve, triton
 
 app = typer.Typer(
@@ -25,12 +27,14 @@ app.command("ort")(ort_cmd.ort)
 app.command("openvino")(openvino_cmd.openvino)
 app.command("verify")(verify_cmd.verify)
 app.command("predict")(predict_cmd.predict)
+app.command("accuracy")(accuracy)
 app.command("tensorrt")(tensorrt_cmd.tensorrt)
 app.command("slots")(slots_cmd.slots)
 app.add_typer(bench_app, name="bench")
 app.command("benchmark", hidden=True)(bench_formats)  # its first name; `bench --model M` now
 app.command("serve")(serve)
 app.command("triton")(triton)
+app.command("doctor")(doctor)
 
 
 def main() -> None:
