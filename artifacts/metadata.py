@@ -81,6 +81,9 @@ class ArtifactMetadata:
     # ask the device for f32); "" = the device's own choice.
     compute_precision: str = ""
     quantization: Quantization | None = None  # int8 files only
+    # Blocks (checkpoint-layout names, artifacts.onnx_blocks) left in float on purpose in a
+    # reduced-precision file (`--keep-float`); () = none beyond the converter's own choice.
+    kept_float: tuple[str, ...] = ()
 
 
     @property

@@ -26,6 +26,7 @@ import artifacts
 from artifacts.atomic import check_writable
 from artifacts.errors import ExportError, OptionError, one_line
 from artifacts.metadata import IMAGENET_LABELS, MIN_SIDE, ArtifactMetadata
+from artifacts.onnx_blocks import scope_blocks, tag_blocks
 from artifacts.onnx_file import save_onnx, set_metadata
 from glnet.features import GLNetFeatures, UnknownSlotBlockError, output_names, resolve_slot_blocks
 from glnet.model import GLNet
@@ -243,6 +244,7 @@ def export_onnx(
     say(f"exporting {model.cfg.name} with torch.onnx (dynamo), dynamic {options.dynamic}")
     proto = trace_to_onnx(model, options)
     nodes_exported = len(proto.graph.node)
+    scopes = scope_blocks(proto)  # onnxsim drops the exporter's scopes: read them now (artifacts.onnx_blocks)
     simplified = False
     if options.simplify:
         say("simplifying with onnxsim")
@@ -254,6 +256,9 @@ def export_onnx(
     proto, reason = optimize_graph(proto)
     if reason:
         notes.append(f"kept the unoptimized graph: {reason}")
+    if not tag_blocks(proto, scopes):
+        notes.append("the exporter recorded no module scopes: the file has no block map (debug-precision, "
+                     "--keep-float)")
     say("checking the graph (onnx.checker)")
     check_graph(proto)
     meta = build_metadata(model, options, checkpoint_sha256)

@@ -21,6 +21,7 @@ import onnx
 from artifacts.atomic import check_writable
 from artifacts.errors import ExportError, OptionError, one_line
 from artifacts.metadata import ArtifactMetadata, MetadataError
+from artifacts.onnx_blocks import tag_blocks
 from artifacts.onnx_file import read_onnx, save_onnx, set_metadata
 
 from .passes import ONNXRUNTIME_REQUIRES, PassReport, apply_onnx_target, contrib_ops
@@ -79,6 +80,7 @@ def target_proto(proto: onnx.ModelProto, meta: ArtifactMetadata,
     if meta.runtime_only is not None:
         raise ExportError(f"{where} is already {meta.runtime_only}-targeted; start from the portable ONNX")
     report = apply_onnx_target(proto, TARGET)
+    tag_blocks(proto)  # the nodes the passes made take their neighbours' block (artifacts.onnx_blocks)
     try:
         # The contrib domain is unknown to onnx's schemas, so no full (shape-inferring) check.
         onnx.checker.check_model(proto)

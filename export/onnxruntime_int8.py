@@ -36,6 +36,7 @@ from artifacts.atomic import atomic_outputs, check_writable
 from artifacts.calibration import DEFAULT_COUNT, CalibrationSet, SampleBatches, calibration_sizes, load_calibration
 from artifacts.errors import ExportError, GlnetExportError, one_line
 from artifacts.metadata import ArtifactMetadata, Quantization
+from artifacts.onnx_blocks import block_nodes, resolve_blocks
 from artifacts.onnx_file import read_onnx, set_metadata
 
 from .onnx_int8_nodes import (
@@ -109,7 +110,7 @@ class OrtInt8Result:
     metadata: ArtifactMetadata  # as written: precision int8, target onnxruntime, `quantization`
     qdq_nodes: int  # QuantizeLinear + DequantizeLinear
     quantized_ops: dict[str, int]  # op type -> nodes that take a DequantizeLinear output
-    kept_float: SensitiveNodes  # the GLMix clustering nodes, by role
+    kept_float: SensitiveNodes  # the GLMix clustering nodes, by role (with `glmix_float`)
     calibration_images: int
     seconds: float
     excluded: list[str] = field(default_factory=list)  # every node left unquantized (+ slot attention MatMuls)
@@ -177,16 +178,18 @@ def _read_source(source: Path, output: Path) -> tuple[onnx.ModelProto, ArtifactM
 
 
 def quantize_onnxruntime_int8(onnx_path: str | Path, output_path: str | Path | None, calib: CalibrationSet | str | Path,
-                              calib_count: int = DEFAULT_COUNT, keep_float: bool = True,
-                              progress: Progress | None = None, settings: Int8Settings = SETTINGS) -> OrtInt8Result:
+                              calib_count: int = DEFAULT_COUNT, glmix_float: bool = True,
+                              progress: Progress | None = None, settings: Int8Settings = SETTINGS,
+                              keep_float: Sequence[str] = ()) -> OrtInt8Result:
     """Write the int8 (QDQ) form of the portable glnet-export ONNX file `onnx_path` to `output_path`
     (default: NAME_ort_int8.onnx beside it).
 
     `calib` is a loaded CalibrationSet or a folder of images (up to `calib_count` of them,
     preprocessed as the file's metadata says; at three sizes for a dynamic-shape file).
-    With `keep_float`, GLMix's clustering nodes are excluded from quantization. The
-    metadata is the source's with precision int8, target onnxruntime and `quantization`
-    saying what was quantized.
+    With `glmix_float`, GLMix's clustering nodes are excluded from quantization;
+    `keep_float` names whole blocks (checkpoint-layout names, `artifacts.onnx_blocks`) to
+    leave in float too. The metadata is the source's with precision int8, target
+    onnxruntime, `quantization` saying what was quantized and `kept_float` the blocks.
     """
     from .onnxruntime import TARGET, default_output
     from .passes import ONNXRUNTIME_REQUIRES
@@ -199,6 +202,7 @@ def quantize_onnxruntime_int8(onnx_path: str | Path, output_path: str | Path | N
     start = time.perf_counter()
     notes: list[str] = []
     model, meta = _read_source(source, output)
+    kept_blocks = resolve_blocks(keep_float, list(block_nodes(model, source))) if keep_float else ()
     if not isinstance(calib, CalibrationSet):
         say(f"reading calibration images from {calib}")
         try:
@@ -220,11 +224,13 @@ def quantize_onnxruntime_int8(onnx_path: str | Path, output_path: str | Path | N
         # deploy form spells out (export.passes.layer_norm): int8 CPU time 0.67 vs 0.70 of fp32.
         passes["layer_norm"] = fuse_channel_layer_norms(model)
     glmix = find_sensitive_nodes(model)
-    sensitive = glmix if keep_float else SensitiveNodes()
-    if keep_float and not sensitive.logits_matmuls:
+    sensitive = glmix if glmix_float else SensitiveNodes()
+    if glmix_float and not sensitive.logits_matmuls:
         notes.append("no GLMix logits MatMul found: nothing is kept in float")
     attention = attention_matmuls(model, set(glmix.softmaxes)) if settings.float_attention else []
-    exclude = sensitive.names + attention
+    in_blocks = block_nodes(model) if kept_blocks else {}  # after the fusion: its nodes count too
+    block_float = [n for b in kept_blocks for n in in_blocks[b]]
+    exclude = list(dict.fromkeys(sensitive.names + attention + block_float))
     say(f"calibrating on {len(calib)} images and quantizing (keeping {sensitive.describe()} in float)")
     with atomic_outputs(output) as (temp,):
         try:
@@ -234,9 +240,10 @@ def quantize_onnxruntime_int8(onnx_path: str | Path, output_path: str | Path | N
             raise
         except Exception as exc:
             raise ExportError(f"onnxruntime int8 quantization failed: {one_line(exc)}") from exc
-        rewired = float_inputs_back(quantized, set(sensitive.names), settings.op_types)
+        rewired = float_inputs_back(quantized, set(sensitive.names) | set(block_float), settings.op_types)
         notes.append(f"{rewired} inputs of float nodes read the float tensor, not its int8 copy")
-        kept = [sensitive.describe()] if keep_float else []
+        kept = [sensitive.describe()] if glmix_float else []
+        kept += [f"blocks {', '.join(kept_blocks)} (--keep-float)"] if kept_blocks else []
         kept += [f"{len(attention)} slot-attention MatMuls"] if attention else []
         if settings.op_types:
             kept += ["the classifier Gemm"] if "Gemm" not in settings.op_types else []
@@ -250,7 +257,7 @@ def quantize_onnxruntime_int8(onnx_path: str | Path, output_path: str | Path | N
                 tool=f"onnxruntime.quantization.quantize_static {onnxruntime.__version__}", scheme=scheme_of(settings),
                 quantized_ops=quantized_op_counts(quantized, settings.op_types or INTEGER_KERNEL_OPS),
                 kept_float="; ".join(kept),
-                calibration_images=len(calib)))
+                calibration_images=len(calib)), kept_float=kept_blocks)
         set_metadata(quantized, meta)
         quantized.doc_string = (model.doc_string + " (int8 QDQ for onnxruntime)").strip()
         say(f"writing {output}")

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,11 +24,12 @@ from artifacts.backends import import_openvino
 from artifacts.calibration import DEFAULT_COUNT, calibration_sizes, load_calibration
 from artifacts.errors import ExportError, OptionError, one_line
 from artifacts.metadata import ArtifactMetadata
+from artifacts.onnx_blocks import BlockMapError, block_nodes, block_outputs, resolve_blocks
 from artifacts.onnx_file import read_onnx
-from artifacts.openvino_ir import write_ir_metadata
+from artifacts.openvino_ir import write_ir_block_outputs, write_ir_metadata
 
 from .onnxruntime import metadata_of, refuse_runtime_only
-from .openvino_int8 import count_fake_quantize, quantization_record, quantize_int8
+from .openvino_int8 import block_ops, count_fake_quantize, quantization_record, quantize_int8
 from .passes.openvino_fold import fold_residual_depthwise_ov
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -41,7 +42,8 @@ class OpenVinoOptions:
     precision: str = "fp32"  # what the IR stores: fp32 | fp16 (weights) | int8 (NNCF)
     calib_dir: Path | None = None  # int8: a folder of images
     calib_count: int = DEFAULT_COUNT  # int8: at most this many images (fewer if the folder has fewer)
-    keep_float: bool = True  # int8: keep GLMix's normalisations, softmaxes and logits MatMul in float
+    glmix_float: bool = True  # int8: keep GLMix's normalisations, softmaxes and logits MatMul in float
+    keep_float: Sequence[str] = ()  # int8: blocks (checkpoint-layout names) to leave in float
     int8_depthwise: bool = True  # int8: quantize the depthwise convolutions too (False: they stay float)
     # The compute precision the IR is built for. "auto": the device's own choice (bf16 on
     # CPUs with AVX512_BF16), graph as converted. "f32": the residual depthwise convolutions
@@ -58,6 +60,9 @@ class OpenVinoOptions:
             raise OptionError("--precision int8 needs --calib DIR: a folder of representative images")
         if self.calib_count < 1:
             raise OptionError(f"--calib-count must be >= 1, not {self.calib_count}")
+        if self.keep_float and self.precision != "int8":
+            raise OptionError("--keep-float is for --precision int8: an fp32 or fp16 IR has nothing quantized to "
+                              "keep out of int8 (its compute precision is the device's)")
 
 
 @dataclass
@@ -82,8 +87,18 @@ class OpenVinoResult:
         return self.xml
 
 
-def read_onnx_metadata(onnx_path: Path) -> ArtifactMetadata:
-    meta = metadata_of(read_onnx(onnx_path, load_external_data=False), onnx_path)
+def _ir_block_outputs(proto: Any) -> dict[str, tuple[str, int, str]]:
+    """Block -> (ONNX node, output index, tensor) of each block's output; {} without a block map."""
+    try:
+        outputs = block_outputs(proto)
+    except BlockMapError:
+        return {}
+    made = {out: (node.name, i) for node in proto.graph.node for i, out in enumerate(node.output)}
+    return {block: (*made[tensor], tensor) for block, tensor in outputs.items()}
+
+
+def read_onnx_metadata(onnx_path: Path, proto: Any = None) -> ArtifactMetadata:
+    meta = metadata_of(proto if proto is not None else read_onnx(onnx_path, load_external_data=False), onnx_path)
     refuse_runtime_only(meta, onnx_path, "openvino")
     return meta
 
@@ -130,7 +145,10 @@ def convert_openvino(
     check_writable(bin_path(xml))
     say = progress or (lambda _msg: None)
     start = time.perf_counter()
-    meta = read_onnx_metadata(onnx_path)
+    proto = read_onnx(onnx_path, load_external_data=False)  # the graph: metadata and block map
+    meta = read_onnx_metadata(onnx_path, proto)
+    onnx_blocks = block_nodes(proto, onnx_path) if options.keep_float else {}
+    kept_blocks = resolve_blocks(options.keep_float, list(onnx_blocks))  # before minutes of work
     calib = None
     if options.precision == "int8":  # read the images before minutes of work, to fail early
         assert options.calib_dir is not None
@@ -148,14 +166,19 @@ def convert_openvino(
     quantization = None
     if calib is not None:
         say(f"quantizing to int8 with NNCF on {len(calib)} images")
-        model, sensitive = quantize_int8(model, calib.samples, keep_float=options.keep_float,
-                                         depthwise=options.int8_depthwise)
-        quantization = quantization_record(model, sensitive, options.keep_float, len(calib),
-                                           depthwise=options.int8_depthwise)
-        kept, summary = sensitive.names, sensitive.describe() if options.keep_float else "none (--no-keep-float)"
+        ops = block_ops(model, onnx_blocks) if kept_blocks else {}
+        in_blocks = [name for block in kept_blocks for name in ops[block]]
+        model, sensitive = quantize_int8(model, calib.samples, glmix_float=options.glmix_float,
+                                         depthwise=options.int8_depthwise, keep_float=in_blocks)
+        quantization = quantization_record(model, sensitive, options.glmix_float, len(calib),
+                                           depthwise=options.int8_depthwise, blocks=kept_blocks)
+        kept = sensitive.names + [n for n in in_blocks if n not in sensitive.names]
+        summary = sensitive.describe() if options.glmix_float else "no GLMix nodes (--no-glmix-float)"
         if not options.int8_depthwise:
             summary += "; depthwise convolutions"
-        if options.keep_float and not sensitive.logits_matmuls:
+        if kept_blocks:
+            summary += f"; blocks {', '.join(kept_blocks)}"
+        if options.glmix_float and not sensitive.logits_matmuls:
             notes.append("found no GLMix clustering nodes to keep in float (graph layout changed?)")
         if calib.skipped:
             notes.append(f"skipped {len(calib.skipped)} unreadable calibration file(s), e.g. {calib.skipped[0]}")
@@ -171,8 +194,9 @@ def convert_openvino(
             notes.append(f"--compute f32 with {options.precision} weights: the residual convolutions stay unfolded")
     meta = dataclasses.replace(meta, precision=options.precision, target="openvino",
                                compute_precision="f32" if options.compute == "f32" else "", graph_passes=passes,
-                               quantization=quantization)
+                               quantization=quantization, kept_float=kept_blocks)
     write_ir_metadata(model, meta)
+    write_ir_block_outputs(model, _ir_block_outputs(proto))
     say(f"writing {xml} and {bin_path(xml).name}")
     # int8: keep the float parts' weights fp32 (quantized weights become int8 on save anyway).
     write_ir(model, xml, compress_to_fp16=options.precision == "fp16")

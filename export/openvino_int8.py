@@ -20,7 +20,7 @@ import contextlib
 import io
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,7 @@ import numpy as np
 
 from artifacts.errors import ExportError, one_line
 from artifacts.metadata import Quantization
+from artifacts.onnx_blocks import fill_blocks
 
 # Nodes between an L2 normalisation and the logits MatMul: shape plumbing and the temperature.
 _PASS_THROUGH = frozenset({"Broadcast", "Reshape", "Transpose", "Multiply", "Convert", "Unsqueeze", "Squeeze"})
@@ -123,22 +124,23 @@ def _quiet_nncf() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def quantize_int8(model: Any, samples: list[np.ndarray], keep_float: bool = True,
-                  depthwise: bool = True) -> tuple[Any, SensitiveNodes]:
+def quantize_int8(model: Any, samples: list[np.ndarray], glmix_float: bool = True,
+                  depthwise: bool = True, keep_float: Sequence[str] = ()) -> tuple[Any, SensitiveNodes]:
     """NNCF post-training int8 of an openvino.Model on calibration `samples` (1x3xHxW each).
 
-    Returns the quantized model and the nodes kept in float (empty when `keep_float` is
-    False). ModelType.TRANSFORMER: SmoothQuant and the transformer-aware placement of
-    quantizers (the attention softmax outputs stay in float). Without `depthwise` the
-    depthwise (grouped) convolutions get no FakeQuantize and run in the device's float
-    precision: they are memory-bound, so int8 gains little in them, while the quantize
-    steps around them cost time (README, "int8 on the CPU").
+    Returns the quantized model and the GLMix nodes kept in float (empty when `glmix_float`
+    is False). `keep_float`: more ops (friendly names, see `block_ops`) to leave in float.
+    ModelType.TRANSFORMER: SmoothQuant and the transformer-aware placement of quantizers
+    (the attention softmax outputs stay in float). Without `depthwise` the depthwise
+    (grouped) convolutions get no FakeQuantize and run in the device's float precision:
+    they are memory-bound, so int8 gains little in them, while the quantize steps around
+    them cost time (README, "int8 on the CPU").
     """
     nncf = _nncf()
-    sensitive = find_sensitive_nodes(model) if keep_float else SensitiveNodes()
+    sensitive = find_sensitive_nodes(model) if glmix_float else SensitiveNodes()
     types = [] if depthwise else ["GroupConvolution"]
-    scope = nncf.IgnoredScope(names=sensitive.names, types=types) \
-        if sensitive.names or types else None
+    names = list(dict.fromkeys(sensitive.names + list(keep_float)))
+    scope = nncf.IgnoredScope(names=names, types=types) if names or types else None
     try:
         with _quiet_nncf():
             quantized = nncf.quantize(model, nncf.Dataset(samples), model_type=nncf.ModelType.TRANSFORMER,
@@ -185,11 +187,13 @@ def quantized_op_counts(model: Any) -> dict[str, int]:
     return counts
 
 
-def quantization_record(model: Any, sensitive: SensitiveNodes, keep_float: bool, images: int,
-                        depthwise: bool = True) -> Quantization:
+def quantization_record(model: Any, sensitive: SensitiveNodes, glmix_float: bool, images: int,
+                        depthwise: bool = True, blocks: Sequence[str] = ()) -> Quantization:
     """What `quantize_int8` did, for the IR's metadata."""
     nncf = _nncf()
-    kept = sensitive.describe() if keep_float else "nothing kept on purpose (--no-keep-float)"
+    kept = sensitive.describe() if glmix_float else "no GLMix nodes kept on purpose (--no-glmix-float)"
+    if blocks:
+        kept += f"; blocks {', '.join(blocks)} (--keep-float)"
     if not depthwise:
         kept += "; depthwise convolutions (--no-int8-depthwise)"
     return Quantization(
@@ -197,3 +201,32 @@ def quantization_record(model: Any, sensitive: SensitiveNodes, keep_float: bool,
         scheme="FakeQuantize, weights int8 symmetric per-channel, activations 8-bit per-tensor (NNCF's mixed "
                "preset), SmoothQuant",
         quantized_ops=quantized_op_counts(model), kept_float=kept, calibration_images=images)
+
+
+_NOT_COMPUTE = frozenset({"Constant", "Parameter", "Result"})
+
+
+def block_ops(model: Any, onnx_blocks: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """Block -> the friendly names of its compute ops in the openvino.Model converted from an
+    ONNX file whose nodes are `onnx_blocks` (`artifacts.onnx_blocks.block_nodes`).
+
+    OpenVINO names an op after the ONNX node it comes from, or that name plus a suffix
+    ("node_conv2d/WithoutBiases" for a Conv split from its bias); ops it makes of its own
+    (a LayerNormalization's MVN, say) take their neighbours' block, as in the ONNX graph."""
+    of_node = {name: block for block, names in onnx_blocks.items() for name in names}
+    ops = model.get_ordered_ops()
+    ids = [op.get_friendly_name() for op in ops]
+    known = {}
+    for name in ids:
+        block = of_node.get(name, of_node.get(name.split("/")[0]))
+        if block is not None:
+            known[name] = block
+    consumers = {op.get_friendly_name(): [c.get_friendly_name() for c in _consumers(op)] for op in ops}
+    producers = {op.get_friendly_name(): [_producer(op, i).get_friendly_name() for i in range(op.get_input_size())]
+                 for op in ops}
+    blocks = fill_blocks(ids, consumers, producers, known)
+    found: dict[str, list[str]] = {block: [] for block in onnx_blocks}
+    for op, name in zip(ops, ids, strict=True):
+        if name in blocks and op.get_type_name() not in _NOT_COMPUTE:
+            found[blocks[name]].append(name)
+    return found

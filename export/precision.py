@@ -28,6 +28,7 @@ LayerNormalization nodes (`export.passes.layer_norm`), the form TensorRT has a k
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import tempfile
 import time
@@ -42,6 +43,7 @@ from artifacts.atomic import atomic_outputs, check_writable
 from artifacts.calibration import SampleBatches
 from artifacts.errors import ExportError, OptionError, one_line
 from artifacts.metadata import ArtifactMetadata, MetadataError
+from artifacts.onnx_blocks import block_nodes, resolve_blocks
 from artifacts.onnx_file import read_onnx, set_metadata
 
 from .onnx_int8_nodes import float_inputs_back
@@ -65,6 +67,7 @@ class PrecisionOptions:
     calib_samples: int = 64  # at most this many calibration images
     calib_method: str = "minmax"
     keep_fp32: Sequence[str] = ()  # more node names to keep fp32 / unquantized
+    keep_float: Sequence[str] = ()  # blocks (checkpoint-layout names) to keep fp32 / unquantized: keep_blocks_fp32
 
     def validate(self) -> None:
         if self.precision not in PRECISIONS:
@@ -303,6 +306,20 @@ def _set_metadata(model: onnx.ModelProto, precision: str, notes: list[str]) -> N
     set_metadata(model, meta)
 
 
+def keep_blocks_fp32(model: onnx.ModelProto, options: PrecisionOptions, source: Path) -> PrecisionOptions:
+    """`options` with every node of its `keep_float` blocks (artifacts.onnx_blocks) added to
+    `keep_fp32`; the blocks go into the model's metadata (`kept_float`). OptionError with the
+    valid names for an unknown block, BlockMapError for a file without a block map."""
+    if not options.keep_float:
+        return options
+    nodes = block_nodes(model, source)
+    blocks = resolve_blocks(options.keep_float, list(nodes))
+    with contextlib.suppress(MetadataError):
+        meta = ArtifactMetadata.from_props({p.key: p.value for p in model.metadata_props})
+        set_metadata(model, dataclasses.replace(meta, kept_float=blocks))
+    return dataclasses.replace(options, keep_fp32=[*options.keep_fp32, *(n for b in blocks for n in nodes[b])])
+
+
 def write_precision_onnx(source: str | Path, output: str | Path | None = None,
                          options: PrecisionOptions | None = None) -> PrecisionResult:
     """Write the fp16 or int8 form of the ONNX file `source` (metadata `precision` updated)."""
@@ -322,6 +339,7 @@ def write_precision_onnx(source: str | Path, output: str | Path | None = None,
     fused = fuse_channel_layer_norms(model)
     if fused:
         notes.append(f"{fused} spelled-out channel LayerNorms fused back into LayerNormalization nodes")
+    options = keep_blocks_fp32(model, options, source)
     keep = sensitive_nodes(model) + list(options.keep_fp32)
     unquantized: list[str] = []
     if not keep:

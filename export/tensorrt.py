@@ -77,6 +77,7 @@ class TensorRTBuildOptions:
     tf32: bool = False  # allow TF32 in fp32 convolutions and matrix products (TensorRT's default; cleared here)
     opt_level: int | None = None  # builder optimization level 0..5 (None: TensorRT's default, 3)
     dla_core: int | None = None  # build for this DLA core, with GPU fallback (static shapes, fp16/int8)
+    keep_float: Sequence[str] = ()  # fp16/int8: blocks (checkpoint-layout names) kept fp32 (export.precision)
 
     def validate(self) -> None:
         if self.precision not in PRECISIONS:
@@ -93,9 +94,12 @@ class TensorRTBuildOptions:
             raise OptionError(f"--dla-core must be >= 0, not {self.dla_core}")
         if self.dla_core is not None and self.precision == "fp32":
             raise OptionError("DLA computes in fp16 or int8 only: use --precision fp16 or int8 with --dla-core")
+        if self.keep_float and self.precision == "fp32":
+            raise OptionError("--keep-float is for --precision fp16 or int8: an fp32 build has every block in fp32")
 
     def precision_options(self) -> PrecisionOptions:
-        return PrecisionOptions(self.precision, self.calibration, self.calib_samples, self.calib_method)
+        return PrecisionOptions(self.precision, self.calibration, self.calib_samples, self.calib_method,
+                                keep_float=self.keep_float)
 
 
 @dataclass

@@ -44,8 +44,12 @@ def openvino(
                                          "INFERENCE_PRECISION_HINT=f32).")] = "auto",
     calib: Annotated[Path | None, typer.Option("--calib", help="int8: a folder of calibration images.")] = None,
     calib_count: Annotated[int, typer.Option(help="int8: at most this many calibration images.")] = 300,
-    keep_float: Annotated[bool, typer.Option(help="int8: keep GLMix's L2 norms, slot softmaxes and logits "
-                                             "MatMul in float.")] = True,
+    glmix_float: Annotated[bool, typer.Option(help="int8: keep GLMix's L2 norms, slot softmaxes and logits "
+                                              "MatMul in float.")] = True,
+    keep_float: Annotated[str | None, typer.Option("--keep-float", metavar="NAME[,NAME]", help="int8: leave these "
+                                                   "blocks in float (checkpoint-layout names, e.g. "
+                                                   "stages.2.blocks.5, or stages.2 for a whole stage; see "
+                                                   "debug-precision).")] = None,
     int8_depthwise: Annotated[bool, typer.Option(help="int8: quantize the depthwise convolutions too; "
                                                  "--no-int8-depthwise leaves them in the device's float "
                                                  "precision (bf16 on CPUs that have it).")] = True,
@@ -79,8 +83,9 @@ def openvino(
     if infer_precision not in INFER_PRECISIONS:
         raise OptionError(f"--infer-precision must be one of {', '.join(INFER_PRECISIONS)}, not {infer_precision!r}")
     fmt = openvino_format(precision)
-    options: dict[str, Any] = dict(precision=precision, calib_count=calib_count, keep_float=keep_float,
-                   int8_depthwise=int8_depthwise, compute=compute)
+    options: dict[str, Any] = dict(precision=precision, calib_count=calib_count, glmix_float=glmix_float,
+                                   keep_float=(keep_float,) if keep_float else (), int8_depthwise=int8_depthwise,
+                                   compute=compute)
     check_options(fmt, calib, **options)  # int8 without --calib fails here, before any slow work
     vopts = VerifyOptions(max_rel=max_rel, min_cosine=min_cosine, min_top1=min_top1, threads=threads,
                           precision=INFER_PRECISIONS[infer_precision], device=device)

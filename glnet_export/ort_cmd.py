@@ -28,8 +28,12 @@ def ort(
                                            "quantization tooling; for CPUs without bf16).")] = "fp32",
     calib: Annotated[Path | None, typer.Option("--calib", help="int8: a folder of calibration images.")] = None,
     calib_count: Annotated[int, typer.Option(help="int8: at most this many calibration images.")] = 300,
-    keep_float: Annotated[bool, typer.Option(help="int8: keep GLMix's L2 norms, slot softmaxes and logits "
-                                             "MatMul in float.")] = True,
+    glmix_float: Annotated[bool, typer.Option(help="int8: keep GLMix's L2 norms, slot softmaxes and logits "
+                                              "MatMul in float.")] = True,
+    keep_float: Annotated[str | None, typer.Option("--keep-float", metavar="NAME[,NAME]", help="int8: leave these "
+                                                   "blocks in float (checkpoint-layout names, e.g. "
+                                                   "stages.2.blocks.5, or stages.2 for a whole stage; see "
+                                                   "debug-precision).")] = None,
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", "-c", help="Verify against PyTorch with "
                                                     "these weights (default: against SOURCE).")] = None,
     use_ema: Annotated[bool, typer.Option("--ema", help="Use the checkpoint's EMA weights.")] = False,
@@ -59,13 +63,16 @@ def ort(
         raise OptionError("--precision int8 writes ONNX only; drop --format ort")
     if calib is not None and precision != "int8":
         raise OptionError("--calib is for --precision int8")
+    if keep_float and precision != "int8":
+        raise OptionError("--keep-float is for --precision int8: the fp32 file has every block in float")
     vopts = VerifyOptions(threads=threads)
     vopts.validate()
     # The reference first: a wrong --checkpoint fails before minutes of work.
     reference = reference_for(source, read_portable_metadata(source), checkpoint, use_ema) if verify else None
     if precision == "int8":
         assert calib is not None
-        _int8(source, output, calib, calib_count, keep_float, reference, vopts, json_path)
+        blocks = (keep_float,) if keep_float else ()
+        _int8(source, output, calib, calib_count, glmix_float, blocks, reference, vopts, json_path)
         return
     from export.formats import build
 
@@ -78,13 +85,13 @@ def ort(
     _finish(result, report, rows, f"[bold]{result.source}[/] -> {result.path}", json_path)
 
 
-def _int8(source: Path, output: Path | None, calib: Path, calib_count: int, keep_float: bool, reference: Any,
-          vopts: Any, json_path: Path | None) -> None:
+def _int8(source: Path, output: Path | None, calib: Path, calib_count: int, glmix_float: bool,
+          keep_float: tuple[str, ...], reference: Any, vopts: Any, json_path: Path | None) -> None:
     from export.formats import build
 
     with err.status("quantizing") as status:
         result = build("onnxruntime-int8", source, output, calib=calib, calib_count=calib_count,
-                       keep_float=keep_float, progress=status.update)
+                       glmix_float=glmix_float, keep_float=keep_float, progress=status.update)
         report = _verify(result.path, reference, vopts, status.update)
     q = result.metadata.quantization
     assert q is not None

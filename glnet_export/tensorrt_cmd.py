@@ -24,6 +24,10 @@ def tensorrt(
     calib: Annotated[Path | None, typer.Option("--calib", help="int8: a folder of calibration images.")] = None,
     calib_samples: Annotated[int, typer.Option(help="int8: at most this many calibration images.")] = 64,
     calib_method: Annotated[str, typer.Option(help="int8: minmax | entropy | percentile.")] = "minmax",
+    keep_float: Annotated[str | None, typer.Option("--keep-float", metavar="NAME[,NAME]", help="fp16/int8: keep "
+                                                   "these blocks in fp32 (checkpoint-layout names, e.g. "
+                                                   "stages.2.blocks.5, or stages.2 for a whole stage; see "
+                                                   "debug-precision).")] = None,
     min_shape: Annotated[str | None, typer.Option("--min", help="Smallest input, e.g. 1x3x224x224.")] = None,
     opt_shape: Annotated[str | None, typer.Option("--opt", help="Input shape to tune for.")] = None,
     max_shape: Annotated[str | None, typer.Option("--max", help="Largest input.")] = None,
@@ -61,7 +65,7 @@ def tensorrt(
         min_shape=parse_shape(min_shape) if min_shape else None,
         opt_shape=parse_shape(opt_shape) if opt_shape else None,
         max_shape=parse_shape(max_shape) if max_shape else None, workspace_mb=workspace, timing_cache=timing_cache,
-        version_compatible=version_compatible, typing=typing_mode,
+        version_compatible=version_compatible, typing=typing_mode, keep_float=(keep_float,) if keep_float else (),
         tf32=tf32, opt_level=opt_level, dla_core=dla_core,
     )
     plan = plan_build(source, options)  # checks the options and the shapes before any slow work
@@ -74,11 +78,12 @@ def tensorrt(
 
         with err.status(f"writing the {precision} ONNX"):
             result = write_precision_onnx(source, output, options.precision_options())
+        blocks = f", blocks {', '.join(options.keep_float)}" if options.keep_float else ""
         report["precision_onnx"] = result
         if not to_stdout:
             out.print(f"[bold]{precision}[/] ONNX -> {result.path} ({human_bytes(result.path.stat().st_size)}): "
-                      f"{len(result.kept_fp32)} GLMix nodes kept fp32, {result.casts} casts, "
-                      f"{result.quantized} quantized tensors, {result.seconds:.1f} s")
+                      f"{len(result.kept_fp32)} nodes kept fp32 (GLMix's sensitive ones{blocks}), "
+                      f"{result.casts} casts, {result.quantized} quantized tensors, {result.seconds:.1f} s")
         candidate = result.path
     else:
         require_tensorrt(NO_TRT_HINT)

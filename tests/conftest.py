@@ -38,6 +38,8 @@ SHARED_WORKER = {
     "tests/export/test_openvino.py": "glnet_tiny seed 3, dynamic shape, 64 x 64",
     "tests/export/test_residual_fold.py": "glnet_tiny seed 3, dynamic shape, 64 x 64",
     "tests/bench/test_bench.py": "glnet_tiny seed 3, dynamic shape, 64 x 64",
+    "tests/export/test_keep_float.py": "glnet_tiny seed 3, dynamic shape, 64 x 64",
+    "tests/verification/test_precision_debug.py": "glnet_tiny seed 3, dynamic shape, 64 x 64",
 }
 
 
