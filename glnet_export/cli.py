@@ -9,6 +9,7 @@ from . import formats_cmd, models_cmd, onnx_cmd, openvino_cmd, ort_cmd, predict_
 from .accuracy_cmd import accuracy
 from .bench_cmd import app as bench_app
 from .bench_formats_cmd import bench_formats
+from .debug_precision_cmd import debug_precision
 from .doctor_cmd import doctor
 from .serve_cmd import serve, triton
 
@@ -30,6 +31,7 @@ app.command("predict")(predict_cmd.predict)
 app.command("accuracy")(accuracy)
 app.command("tensorrt")(tensorrt_cmd.tensorrt)
 app.command("slots")(slots_cmd.slots)
+app.command("debug-precision")(debug_precision)
 app.add_typer(bench_app, name="bench")
 app.command("benchmark", hidden=True)(bench_formats)  # its first name; `bench --model M` now
 app.command("serve")(serve)
