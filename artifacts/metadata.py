@@ -27,6 +27,48 @@ class MetadataError(GlnetExportError, ValueError):
 
 
 @dataclass(frozen=True)
+class BudgetCheck:
+    """How an int8 file was held to an accuracy budget (`--max-drop`), measured as it was written.
+
+    The drop is fp32 top-1 minus int8 top-1 on the same `images` labelled validation images
+    (fractions: 0.01 is one percentage point), with its paired 95% interval
+    (`artifacts.scoring.paired_change`). It was measured on the images the float parts were
+    chosen on, so it is the search's own figure: held-out images can differ by its interval.
+    """
+
+    max_drop: float  # the budget, absolute
+    drop: float  # measured: fp32 top-1 - int8 top-1 (negative: int8 got more right)
+    drop_low: float  # its 95% interval
+    drop_high: float
+    images: int  # validation images it was measured on (unreadable ones left out)
+    fp32_top1: float
+    int8_top1: float
+    unconstrained_top1: float  # the int8 file the same converter writes without a budget
+    chooser: str  # how the float parts were chosen, in words
+    kept_float: tuple[str, ...] = ()  # blocks left in float to meet the budget (beyond the converter's own)
+    float_ops: tuple[str, ...] = ()  # OpenVINO: the operations NNCF's accuracy control reverted to float
+    speed_vs_unconstrained: float | None = None  # this file's time / the unconstrained int8 file's (indicative)
+    timing: str = ""  # how that ratio was measured
+
+    @classmethod
+    def from_dict(cls, value: dict[str, Any]) -> BudgetCheck:
+        lists = {k: tuple(v) for k, v in value.items() if isinstance(v, list)}  # JSON has no tuples
+        return cls(**{**value, **lists})
+
+    def describe(self) -> str:
+        """One line: the measured drop against the budget, what stayed float, the speed cost."""
+        kept = ", ".join(self.kept_float) if self.kept_float else "nothing more"
+        if self.float_ops:
+            kept += f" ({len(self.float_ops)} operations)"
+        speed = (f"; {self.speed_vs_unconstrained:.2f}x the unconstrained int8 file's time (indicative)"
+                 if self.speed_vs_unconstrained is not None else "")
+        return (f"top-1 drop {self.drop * 100:+.2f} pp (95% CI {self.drop_low * 100:+.2f} to "
+                f"{self.drop_high * 100:+.2f}) on {self.images} images, budget {self.max_drop * 100:.2f} pp "
+                f"(fp32 {self.fp32_top1:.2%}, int8 {self.int8_top1:.2%}, unconstrained int8 "
+                f"{self.unconstrained_top1:.2%}); kept in float for it: {kept}{speed}")
+
+
+@dataclass(frozen=True)
 class Quantization:
     """What an int8 file quantized and how, so an app (and `glnet-export bench`) can say it."""
 
@@ -35,6 +77,7 @@ class Quantization:
     quantized_ops: dict[str, int] = field(default_factory=dict)  # op type -> nodes that compute in int8
     kept_float: str = ""  # what stayed in float on purpose, in words
     calibration_images: int = 0
+    budget: BudgetCheck | None = None  # with `--max-drop`: the accuracy budget and how it was met
 
     def ops_line(self) -> str:
         """"176 Conv, 94 MatMul": the int8 op counts, largest first."""
@@ -118,7 +161,8 @@ class ArtifactMetadata:
                 raise MetadataError(f"metadata field {f.name!r} is not valid JSON: {raw[:60]!r}") from exc
             if f.name == "quantization" and value is not None:
                 try:
-                    value = Quantization(**value)
+                    budget = value.get("budget")
+                    value = Quantization(**{**value, "budget": BudgetCheck.from_dict(budget) if budget else None})
                 except TypeError as exc:
                     raise MetadataError(f"metadata field 'quantization' is incomplete: {exc}") from exc
             kwargs[f.name] = tuple(value) if isinstance(value, list) else value

@@ -167,6 +167,12 @@ def _onnxruntime(source: Any, output: Path, settings: dict[str, Any], calib: Pat
 
 def _onnxruntime_int8(source: Any, output: Path, settings: dict[str, Any], calib: Path | None,
                       progress: Progress | None, sha256: str | None) -> Any:
+    budget = settings.pop("budget", None)
+    if budget is not None:  # --max-drop: the same converter, held to an accuracy budget
+        from .onnxruntime_int8_budget import quantize_onnxruntime_int8_within_budget
+
+        return quantize_onnxruntime_int8_within_budget(source, output, calib, budget, progress=progress,  # type: ignore[arg-type]
+                                                       **settings)
     from .onnxruntime_int8 import quantize_onnxruntime_int8
 
     return quantize_onnxruntime_int8(source, output, calib, progress=progress, **settings)  # type: ignore[arg-type]
@@ -211,6 +217,8 @@ def check_options(entry: Format | str, calib: str | Path | None = None, **option
         from .onnx import OnnxExportOptions
 
         OnnxExportOptions(**settings).validate()
+    elif fmt.converter == "onnxruntime-int8" and settings.get("budget") is not None:
+        settings["budget"].validate()
     if fmt.calibrated and calib is None:  # the converters above say it in their own words first
         raise OptionError(f"{fmt.name} needs calibration images: --calib DIR")
     return fmt

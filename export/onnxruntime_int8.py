@@ -132,8 +132,12 @@ def _quiet() -> Iterator[None]:
 
 
 def quantize_model(model: onnx.ModelProto, output: Path, samples: Sequence[np.ndarray], exclude: Sequence[str],
-                   settings: Int8Settings = SETTINGS) -> None:
-    """Run onnxruntime's static QDQ quantization of `model` into `output` (no metadata handling)."""
+                   settings: Int8Settings = SETTINGS, calibration_cache: Path | None = None) -> None:
+    """Run onnxruntime's static QDQ quantization of `model` into `output` (no metadata handling).
+
+    `calibration_cache`: a file for the measured ranges (quantize_static's own JSON cache),
+    read when it exists, else written; the ranges do not depend on the nodes left out, so
+    a search over what stays in float (`export.onnxruntime_int8_budget`) calibrates once."""
     import onnxruntime.quantization as oq
 
     graph_inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
@@ -153,7 +157,7 @@ def quantize_model(model: onnx.ModelProto, output: Path, samples: Sequence[np.nd
             op_types_to_quantize=list(settings.op_types) if settings.op_types else None,
             per_channel=settings.per_channel, activation_type=act, weight_type=oq.QuantType.QInt8,
             nodes_to_exclude=list(exclude), calibrate_method=methods[settings.calibrate_method],
-            extra_options=extra,
+            extra_options=extra, calibration_cache_path=calibration_cache,
         )
 
 
@@ -180,7 +184,7 @@ def _read_source(source: Path, output: Path) -> tuple[onnx.ModelProto, ArtifactM
 def quantize_onnxruntime_int8(onnx_path: str | Path, output_path: str | Path | None, calib: CalibrationSet | str | Path,
                               calib_count: int = DEFAULT_COUNT, glmix_float: bool = True,
                               progress: Progress | None = None, settings: Int8Settings = SETTINGS,
-                              keep_float: Sequence[str] = ()) -> OrtInt8Result:
+                              keep_float: Sequence[str] = (), calibration_cache: Path | None = None) -> OrtInt8Result:
     """Write the int8 (QDQ) form of the portable glnet-export ONNX file `onnx_path` to `output_path`
     (default: NAME_ort_int8.onnx beside it).
 
@@ -234,7 +238,7 @@ def quantize_onnxruntime_int8(onnx_path: str | Path, output_path: str | Path | N
     say(f"calibrating on {len(calib)} images and quantizing (keeping {sensitive.describe()} in float)")
     with atomic_outputs(output) as (temp,):
         try:
-            quantize_model(model, temp, calib.samples, exclude, settings)
+            quantize_model(model, temp, calib.samples, exclude, settings, calibration_cache)
             quantized = onnx.load(str(temp))
         except ExportError:
             raise

@@ -28,8 +28,10 @@ from artifacts.onnx_blocks import BlockMapError, block_nodes, block_outputs, res
 from artifacts.onnx_file import read_onnx
 from artifacts.openvino_ir import write_ir_block_outputs, write_ir_metadata
 
+from .int8_budget import AccuracyBudget, load_validation
 from .onnxruntime import metadata_of, refuse_runtime_only
 from .openvino_int8 import block_ops, count_fake_quantize, quantization_record, quantize_int8
+from .openvino_int8_budget import quantize_int8_within_budget
 from .passes.openvino_fold import fold_residual_depthwise_ov
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -44,6 +46,7 @@ class OpenVinoOptions:
     calib_count: int = DEFAULT_COUNT  # int8: at most this many images (fewer if the folder has fewer)
     glmix_float: bool = True  # int8: keep GLMix's normalisations, softmaxes and logits MatMul in float
     keep_float: Sequence[str] = ()  # int8: blocks (checkpoint-layout names) to leave in float
+    budget: AccuracyBudget | None = None  # int8: --max-drop, NNCF's accuracy control (export.openvino_int8_budget)
     int8_depthwise: bool = True  # int8: quantize the depthwise convolutions too (False: they stay float)
     # The compute precision the IR is built for. "auto": the device's own choice (bf16 on
     # CPUs with AVX512_BF16), graph as converted. "f32": the residual depthwise convolutions
@@ -63,6 +66,10 @@ class OpenVinoOptions:
         if self.keep_float and self.precision != "int8":
             raise OptionError("--keep-float is for --precision int8: an fp32 or fp16 IR has nothing quantized to "
                               "keep out of int8 (its compute precision is the device's)")
+        if self.budget is not None:
+            if self.precision != "int8":
+                raise OptionError("--max-drop is for --precision int8: it bounds what int8 loses against fp32")
+            self.budget.validate()
 
 
 @dataclass
@@ -95,6 +102,14 @@ def _ir_block_outputs(proto: Any) -> dict[str, tuple[str, int, str]]:
         return {}
     made = {out: (node.name, i) for node in proto.graph.node for i, out in enumerate(node.output)}
     return {block: (*made[tensor], tensor) for block, tensor in outputs.items()}
+
+
+def _op_blocks(model: Any, proto: Any) -> dict[str, str]:
+    """Op (friendly name) -> its block, to name the blocks NNCF reverts; {} without a block map."""
+    try:
+        return {op: block for block, ops in block_ops(model, block_nodes(proto)).items() for op in ops}
+    except BlockMapError:
+        return {}
 
 
 def read_onnx_metadata(onnx_path: Path, proto: Any = None) -> ArtifactMetadata:
@@ -154,6 +169,7 @@ def convert_openvino(
         assert options.calib_dir is not None
         say(f"reading calibration images from {options.calib_dir}")
         calib = load_calibration(options.calib_dir, meta, count=options.calib_count, sizes=calibration_sizes(meta))
+    validation = load_validation(options.budget, meta, options.calib_dir) if options.budget else None
 
     ov = import_openvino()
     say(f"converting {onnx_path} with openvino.convert_model")
@@ -168,16 +184,28 @@ def convert_openvino(
         say(f"quantizing to int8 with NNCF on {len(calib)} images")
         ops = block_ops(model, onnx_blocks) if kept_blocks else {}
         in_blocks = [name for block in kept_blocks for name in ops[block]]
-        model, sensitive = quantize_int8(model, calib.samples, glmix_float=options.glmix_float,
-                                         depthwise=options.int8_depthwise, keep_float=in_blocks)
+        check = None
+        if validation is not None:
+            assert options.budget is not None
+            model, sensitive, check = quantize_int8_within_budget(
+                model, calib.samples, validation, options.budget, glmix_float=options.glmix_float,
+                depthwise=options.int8_depthwise, keep_float=in_blocks, compute=options.compute,
+                op_blocks=_op_blocks(model, proto), progress=say)
+        else:
+            model, sensitive = quantize_int8(model, calib.samples, glmix_float=options.glmix_float,
+                                             depthwise=options.int8_depthwise, keep_float=in_blocks)
         quantization = quantization_record(model, sensitive, options.glmix_float, len(calib),
                                            depthwise=options.int8_depthwise, blocks=kept_blocks)
+        quantization = dataclasses.replace(quantization, budget=check)
         kept = sensitive.names + [n for n in in_blocks if n not in sensitive.names]
         summary = sensitive.describe() if options.glmix_float else "no GLMix nodes (--no-glmix-float)"
         if not options.int8_depthwise:
             summary += "; depthwise convolutions"
         if kept_blocks:
             summary += f"; blocks {', '.join(kept_blocks)}"
+        if check is not None and check.float_ops:  # what NNCF reverted to meet --max-drop
+            kept += [n for n in check.float_ops if n not in kept]
+            summary += f"; for --max-drop, {len(check.float_ops)} operations ({', '.join(check.kept_float) or '?'})"
         if options.glmix_float and not sensitive.logits_matmuls:
             notes.append("found no GLMix clustering nodes to keep in float (graph layout changed?)")
         if calib.skipped:
