@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from .budget_options import Data, Labels, Limit, MaxDrop, budget_from_options
 from .common import (
     checked_output,
     err,
@@ -53,6 +54,10 @@ def openvino(
     int8_depthwise: Annotated[bool, typer.Option(help="int8: quantize the depthwise convolutions too; "
                                                  "--no-int8-depthwise leaves them in the device's float "
                                                  "precision (bf16 on CPUs that have it).")] = True,
+    max_drop: MaxDrop = None,
+    data: Data = None,
+    labels: Labels = None,
+    limit: Limit = None,
     verify: Annotated[bool, typer.Option(help="Run the IR against PyTorch after the build.")] = True,
     infer_precision: Annotated[str, typer.Option(help="Compute precision asked for the check: fp32 (pinned, "
                                                  "measures the conversion) | bf16 | fp16 | default (the "
@@ -85,7 +90,8 @@ def openvino(
     fmt = openvino_format(precision)
     options: dict[str, Any] = dict(precision=precision, calib_count=calib_count, glmix_float=glmix_float,
                                    keep_float=(keep_float,) if keep_float else (), int8_depthwise=int8_depthwise,
-                                   compute=compute)
+                                   compute=compute,
+                                   budget=budget_from_options(max_drop, data, labels, limit, precision))
     check_options(fmt, calib, **options)  # int8 without --calib fails here, before any slow work
     vopts = VerifyOptions(max_rel=max_rel, min_cosine=min_cosine, min_top1=min_top1, threads=threads,
                           precision=INFER_PRECISIONS[infer_precision], device=device)
@@ -137,6 +143,8 @@ def _summary(result: OpenVinoResult, source: Path | None, checkpoint: Path | Non
         ops = meta.quantization.ops_line() if meta.quantization else ""
         table.add_row("int8", f"{ops} in int8 ({result.int8_nodes} FakeQuantize nodes from {result.calib_images} "
                               f"calibration images); kept in float: {result.kept_float_summary}")
+        if meta.quantization is not None and meta.quantization.budget is not None:
+            table.add_row("budget", escape(meta.quantization.budget.describe()))
     table.add_row("compute", _compute(result))
     table.add_row("nodes", str(result.nodes))
     table.add_row("time", f"{result.seconds:.1f} s")

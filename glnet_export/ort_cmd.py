@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from .budget_options import Data, Labels, Limit, MaxDrop, budget_from_options
 from .common import checked_output, err, finish_export, handle_errors, human_bytes, reference_for
 from .onnx_cmd import target_line
 
@@ -34,6 +35,10 @@ def ort(
                                                    "blocks in float (checkpoint-layout names, e.g. "
                                                    "stages.2.blocks.5, or stages.2 for a whole stage; see "
                                                    "debug-precision).")] = None,
+    max_drop: MaxDrop = None,
+    data: Data = None,
+    labels: Labels = None,
+    limit: Limit = None,
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", "-c", help="Verify against PyTorch with "
                                                     "these weights (default: against SOURCE).")] = None,
     use_ema: Annotated[bool, typer.Option("--ema", help="Use the checkpoint's EMA weights.")] = False,
@@ -65,6 +70,7 @@ def ort(
         raise OptionError("--calib is for --precision int8")
     if keep_float and precision != "int8":
         raise OptionError("--keep-float is for --precision int8: the fp32 file has every block in float")
+    budget = budget_from_options(max_drop, data, labels, limit, precision)
     vopts = VerifyOptions(threads=threads)
     vopts.validate()
     # The reference first: a wrong --checkpoint fails before minutes of work.
@@ -72,7 +78,7 @@ def ort(
     if precision == "int8":
         assert calib is not None
         blocks = (keep_float,) if keep_float else ()
-        _int8(source, output, calib, calib_count, glmix_float, blocks, reference, vopts, json_path)
+        _int8(source, output, calib, calib_count, glmix_float, blocks, reference, vopts, json_path, budget)
         return
     from export.formats import build
 
@@ -86,12 +92,13 @@ def ort(
 
 
 def _int8(source: Path, output: Path | None, calib: Path, calib_count: int, glmix_float: bool,
-          keep_float: tuple[str, ...], reference: Any, vopts: Any, json_path: Path | None) -> None:
+          keep_float: tuple[str, ...], reference: Any, vopts: Any, json_path: Path | None,
+          budget: Any = None) -> None:
     from export.formats import build
 
     with err.status("quantizing") as status:
         result = build("onnxruntime-int8", source, output, calib=calib, calib_count=calib_count,
-                       glmix_float=glmix_float, keep_float=keep_float, progress=status.update)
+                       glmix_float=glmix_float, keep_float=keep_float, budget=budget, progress=status.update)
         report = _verify(result.path, reference, vopts, status.update)
     q = result.metadata.quantization
     assert q is not None
@@ -100,6 +107,8 @@ def _int8(source: Path, output: Path | None, calib: Path, calib_count: int, glmi
             "calibration": f"{q.calibration_images} images from {escape(str(calib))}",
             "runs on": escape(f"onnxruntime ({result.metadata.requires or 'any release'})"),
             "time": f"{result.seconds:.1f} s"}
+    if q.budget is not None:
+        rows["budget"] = escape(q.budget.describe())
     _finish(result, report, rows, f"[bold]{result.source}[/] -> {result.path} (int8)", json_path)
 
 
