@@ -88,8 +88,8 @@ def load_validation(budget: AccuracyBudget, meta: ArtifactMetadata, calib_dir: P
     labelled = read_labelled(budget.data, budget.labels, labels_for(meta.labels, meta.num_classes), budget.limit,
                              budget.seed)
     if len(labelled) > MAX_IMAGES:
-        raise OptionError(f"--data holds {len(labelled)} images; the int8 search runs every candidate on each of "
-                          f"them: pass --limit N (at most {MAX_IMAGES}, a class-balanced sample)")
+        raise OptionError(f"{len(labelled)} validation images: the int8 search holds them in memory and runs every "
+                          f"candidate on each, at most {MAX_IMAGES}: pass --limit N (a class-balanced sample)")
     if calib_dir is not None:
         check_apart(image_paths(calib_dir), labelled)
     batches = list(iter_batches(labelled, meta, batch))

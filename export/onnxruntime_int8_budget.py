@@ -143,7 +143,11 @@ def quantize_onnxruntime_int8_within_budget(
                               speed=speed, timing=timing)
         quantization = best.metadata.quantization
         assert quantization is not None
-        meta = dataclasses.replace(best.metadata, quantization=dataclasses.replace(quantization, budget=record))
+        # The converter names every block it was given "(--keep-float)"; some came from the search.
+        words = quantization.kept_float.replace("(--keep-float)", "(--keep-float, --max-drop)" if user_kept
+                                                else "(--max-drop)") if record.kept_float else quantization.kept_float
+        meta = dataclasses.replace(best.metadata, quantization=dataclasses.replace(quantization, budget=record,
+                                                                                   kept_float=words))
         model = onnx.load(str(best.path))
         set_metadata(model, meta)
         say(f"writing {output}")
