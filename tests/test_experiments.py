@@ -187,3 +187,20 @@ def test_device_check_watchdog_ends_a_step_that_overruns(tmp_path: Path) -> None
     assert data["status"] == "stopped" and "still running hangs" in data["reason"]
     assert [(s["name"], s["status"]) for s in data["steps"]] == [("done", "ok"), ("hangs", "failed")]
     assert "stopped by the watchdog" in data["steps"][1]["error"]
+
+
+def test_int8_budget_halves_are_disjoint_class_balanced_and_cover_every_image(tmp_path: Path) -> None:
+    """experiments.int8_budget: --max-drop chooses on half A; B, the honest check, shares no image with it."""
+    import numpy as np
+
+    from artifacts.labelled import read_labelled
+    from artifacts.labels import labels_for
+    from experiments.int8_budget import write_halves
+
+    labels = np.repeat(np.arange(10), 4)  # 4 images of each class
+    images = np.zeros((len(labels), 8, 8, 3), dtype=np.uint8)
+    folder, files = write_halves(images, labels, tmp_path)
+    halves = {half: read_labelled(folder, files[half], labels_for("", 10)) for half in ("A", "B")}
+    assert not set(halves["A"].paths) & set(halves["B"].paths)
+    assert len(halves["A"]) + len(halves["B"]) == len(labels)
+    assert halves["A"].counts() == halves["B"].counts() == {c: 2 for c in range(10)}
