@@ -181,6 +181,19 @@ def _read_source(source: Path, output: Path) -> tuple[onnx.ModelProto, ArtifactM
     return model, meta
 
 
+def calibration_set(calib: CalibrationSet | Path | str, meta: ArtifactMetadata, count: int,
+                    say: Callable[[str], None]) -> CalibrationSet:
+    """`calib` itself when loaded already, else up to `count` images of that folder,
+    preprocessed as `meta` says (at three sizes for a dynamic-shape file)."""
+    if isinstance(calib, CalibrationSet):
+        return calib
+    say(f"reading calibration images from {calib}")
+    try:
+        return load_calibration(calib, meta, count=count, sizes=calibration_sizes(meta))
+    except GlnetExportError as exc:
+        raise ExportError(f"calibration: {exc}") from None
+
+
 def quantize_onnxruntime_int8(onnx_path: str | Path, output_path: str | Path | None, calib: CalibrationSet | str | Path,
                               calib_count: int = DEFAULT_COUNT, glmix_float: bool = True,
                               progress: Progress | None = None, settings: Int8Settings = SETTINGS,
@@ -207,12 +220,7 @@ def quantize_onnxruntime_int8(onnx_path: str | Path, output_path: str | Path | N
     notes: list[str] = []
     model, meta = _read_source(source, output)
     kept_blocks = resolve_blocks(keep_float, list(block_nodes(model, source))) if keep_float else ()
-    if not isinstance(calib, CalibrationSet):
-        say(f"reading calibration images from {calib}")
-        try:
-            calib = load_calibration(calib, meta, count=calib_count, sizes=calibration_sizes(meta))
-        except GlnetExportError as exc:
-            raise ExportError(f"calibration: {exc}") from None
+    calib = calibration_set(calib, meta, calib_count, say)
     if not calib.samples:
         raise ExportError(f"no usable calibration images in {calib.folder}")
     if calib.skipped:

@@ -37,8 +37,8 @@ import onnx
 
 from artifacts.atomic import atomic_outputs, check_writable
 from artifacts.backends import import_onnxruntime
-from artifacts.calibration import DEFAULT_COUNT, CalibrationSet, calibration_sizes, load_calibration
-from artifacts.errors import ExportError, GlnetExportError
+from artifacts.calibration import DEFAULT_COUNT, CalibrationSet
+from artifacts.errors import ExportError
 from artifacts.labelled import balanced_sample
 from artifacts.onnx_blocks import block_nodes, describe_blocks, resolve_blocks
 from artifacts.onnx_file import read_onnx, set_metadata
@@ -58,7 +58,7 @@ from .int8_budget import (
     within,
 )
 from .onnxruntime import default_output, read_portable_metadata
-from .onnxruntime_int8 import SETTINGS, Int8Settings, OrtInt8Result, quantize_onnxruntime_int8
+from .onnxruntime_int8 import SETTINGS, Int8Settings, OrtInt8Result, calibration_set, quantize_onnxruntime_int8
 
 Progress = Callable[[str], None]
 RANKING_IMAGES = 64  # validation images each block's sensitivity is scored on
@@ -120,12 +120,7 @@ def quantize_onnxruntime_int8_within_budget(
     calib_dir = calib.folder if isinstance(calib, CalibrationSet) else Path(calib)
     say(f"reading the validation images from {budget.data}")
     validation = load_validation(budget, meta, calib_dir)
-    if not isinstance(calib, CalibrationSet):
-        say(f"reading calibration images from {calib}")
-        try:
-            calib = load_calibration(calib, meta, count=calib_count, sizes=calibration_sizes(meta))
-        except GlnetExportError as exc:
-            raise ExportError(f"calibration: {exc}") from None
+    calib = calibration_set(calib, meta, calib_count, say)
     with tempfile.TemporaryDirectory(prefix="glnet-export-int8-budget-") as tmp:
         search = _Search(source, Path(tmp), calib, validation, glmix_float, settings, say)
         chosen, kept, note = search.run(budget, blocks, user_kept)
