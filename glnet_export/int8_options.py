@@ -1,5 +1,6 @@
-"""`--max-drop X --data DIR [--labels F] [--limit N]`: the int8 accuracy budget, one set of options for
-`ort --precision int8` and `openvino --precision int8` (export.int8_budget)."""
+"""The int8 options `ort --precision int8` and `openvino --precision int8` share: what stays in
+float (`--glmix-float`, `--keep-float`) and the accuracy budget (`--max-drop X --data DIR
+[--labels F] [--limit N]`, export.int8_budget)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,11 @@ import typer
 if TYPE_CHECKING:
     from export.int8_budget import AccuracyBudget
 
+GlmixFloat = Annotated[bool, typer.Option(
+    help="int8: keep GLMix's L2 norms, slot softmaxes and logits MatMul in float.")]
+KeepFloat = Annotated[str | None, typer.Option(
+    "--keep-float", metavar="NAME[,NAME]", help="int8: leave these blocks in float (checkpoint-layout names, e.g. "
+    "stages.2.blocks.5, or stages.2 for a whole stage; see debug-precision).")]
 MaxDrop = Annotated[float | None, typer.Option(
     "--max-drop", metavar="X", help="int8: the most top-1 accuracy int8 may lose against fp32 on the --data images, "
     "absolute, as a fraction (0.01 = one percentage point): blocks (ort) or operations (openvino, NNCF's "

@@ -10,7 +10,6 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .budget_options import Data, Labels, Limit, MaxDrop, budget_from_options
 from .common import (
     checked_output,
     err,
@@ -20,6 +19,7 @@ from .common import (
     model_from_options,
     reference_for,
 )
+from .int8_options import Data, GlmixFloat, KeepFloat, Labels, Limit, MaxDrop, budget_from_options
 
 if TYPE_CHECKING:
     from export.openvino import OpenVinoResult
@@ -45,12 +45,8 @@ def openvino(
                                          "INFERENCE_PRECISION_HINT=f32).")] = "auto",
     calib: Annotated[Path | None, typer.Option("--calib", help="int8: a folder of calibration images.")] = None,
     calib_count: Annotated[int, typer.Option(help="int8: at most this many calibration images.")] = 300,
-    glmix_float: Annotated[bool, typer.Option(help="int8: keep GLMix's L2 norms, slot softmaxes and logits "
-                                              "MatMul in float.")] = True,
-    keep_float: Annotated[str | None, typer.Option("--keep-float", metavar="NAME[,NAME]", help="int8: leave these "
-                                                   "blocks in float (checkpoint-layout names, e.g. "
-                                                   "stages.2.blocks.5, or stages.2 for a whole stage; see "
-                                                   "debug-precision).")] = None,
+    glmix_float: GlmixFloat = True,
+    keep_float: KeepFloat = None,
     int8_depthwise: Annotated[bool, typer.Option(help="int8: quantize the depthwise convolutions too; "
                                                  "--no-int8-depthwise leaves them in the device's float "
                                                  "precision (bf16 on CPUs that have it).")] = True,

@@ -10,8 +10,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .budget_options import Data, Labels, Limit, MaxDrop, budget_from_options
 from .common import checked_output, err, finish_export, handle_errors, human_bytes, reference_for
+from .int8_options import Data, GlmixFloat, KeepFloat, Labels, Limit, MaxDrop, budget_from_options
 from .onnx_cmd import target_line
 
 if TYPE_CHECKING:
@@ -29,12 +29,8 @@ def ort(
                                            "quantization tooling; for CPUs without bf16).")] = "fp32",
     calib: Annotated[Path | None, typer.Option("--calib", help="int8: a folder of calibration images.")] = None,
     calib_count: Annotated[int, typer.Option(help="int8: at most this many calibration images.")] = 300,
-    glmix_float: Annotated[bool, typer.Option(help="int8: keep GLMix's L2 norms, slot softmaxes and logits "
-                                              "MatMul in float.")] = True,
-    keep_float: Annotated[str | None, typer.Option("--keep-float", metavar="NAME[,NAME]", help="int8: leave these "
-                                                   "blocks in float (checkpoint-layout names, e.g. "
-                                                   "stages.2.blocks.5, or stages.2 for a whole stage; see "
-                                                   "debug-precision).")] = None,
+    glmix_float: GlmixFloat = True,
+    keep_float: KeepFloat = None,
     max_drop: MaxDrop = None,
     data: Data = None,
     labels: Labels = None,
