@@ -31,23 +31,17 @@ torch.set_num_threads(max(1, min(2, (os.cpu_count() or 2) // _WORKERS)))
 DATA = Path(__file__).resolve().parent / "data"
 
 
-# pytest-xdist runs each module on one worker (`--dist loadgroup`, a group per module).
-# Modules that export the same seeded model with the same options share a group, so that
-# the session's trace cache (below) traces it once for all of them.
-SHARED_WORKER = {
-    "tests/export/test_openvino.py": "glnet_tiny seed 3, dynamic shape, 64 x 64",
-    "tests/export/test_residual_fold.py": "glnet_tiny seed 3, dynamic shape, 64 x 64",
-    "tests/bench/test_bench.py": "glnet_tiny seed 3, dynamic shape, 64 x 64",
-    "tests/export/test_keep_float.py": "glnet_tiny seed 3, dynamic shape, 64 x 64",
-    "tests/verification/test_precision_debug.py": "glnet_tiny seed 3, dynamic shape, 64 x 64",
-}
+# pytest-xdist runs each module on one worker (`--dist loadgroup`, a group per module), so
+# its module fixtures are built once. Modules that export the same seeded model with the
+# same options need not share a worker: the session's trace cache (below) keeps each trace
+# on disk for both workers.
 
 
 # The longest groups start first (longest-processing-time-first scheduling): a long one
 # started last would run alone at the end while the other worker idles. Seconds of one
 # worker on the 2-core CI machine, measured with --durations=0; modules not named are short.
-LONGEST_FIRST = ["tests/export/test_full_size.py", "glnet_tiny seed 3, dynamic shape, 64 x 64",
-                 "tests/export/test_onnx_export.py", "tests/cli/test_cli_verify_predict.py",
+LONGEST_FIRST = ["tests/export/test_full_size.py", "tests/export/test_onnx_export.py",
+                 "tests/export/test_openvino.py", "tests/bench/test_bench.py", "tests/cli/test_cli_verify_predict.py",
                  "tests/cli/test_onnx_command.py", "tests/export/test_onnxruntime_target.py",
                  "tests/serving/test_serving.py"]
 
@@ -55,8 +49,7 @@ LONGEST_FIRST = ["tests/export/test_full_size.py", "glnet_tiny seed 3, dynamic s
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     groups = {}
     for item in items:
-        module = item.nodeid.split("::")[0]
-        groups[item.nodeid] = SHARED_WORKER.get(module, module)
+        groups[item.nodeid] = item.nodeid.split("::")[0]  # its module
         item.add_marker(pytest.mark.xdist_group(groups[item.nodeid]))
     rank = {group: i for i, group in enumerate(LONGEST_FIRST)}
     # A stable sort: each module's tests stay together and in their order.
@@ -159,7 +152,7 @@ def digits(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     makes them, under a file lock (training takes ~37 s of a core). Shared: do not change it."""
     from helpers_trained import load_or_train
 
-    cache = request.config.cache
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
     folder = cache.mkdir("glnet-digits") if cache is not None else tmp_path_factory.getbasetemp().parent / "digits"
     trained = load_or_train(folder)
     assert trained.eval_accuracy >= 0.90, f"the digits model reaches only {trained.eval_accuracy:.1%} held out"
@@ -186,6 +179,19 @@ def digits_labelled(digits: TrainedDigits, tmp_path_factory: pytest.TempPathFact
     from helpers_labelled import write_layouts
 
     return write_layouts(digits.eval_images, digits.eval_labels, tmp_path_factory.mktemp("digits-labelled"))
+
+
+@pytest.fixture(scope="session")
+def tiny_dynamic_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """glnet_tiny seed 3 exported once per worker: dynamic batch and size, traced at 64 x 64,
+    verified against PyTorch by the export itself. The file that the OpenVINO, residual-fold,
+    keep-float, precision-debugger and bench tests convert, time and plant faults in: each
+    copies it (`helpers.copy_of`) into its own folder, so files written beside it stay its own."""
+    from export.onnx import OnnxExportOptions, export_onnx
+
+    path = tmp_path_factory.mktemp("tiny-dynamic") / "tiny.onnx"
+    export_onnx(seeded_model("glnet_tiny", seed=3), path, OnnxExportOptions(input_size=(64, 64), dynamic="shape"))
+    return path
 
 
 @pytest.fixture(scope="session")

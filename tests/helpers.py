@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -17,3 +20,10 @@ def torch_logits(model: glnet.GLNet, x: np.ndarray) -> np.ndarray:
 def rel_error(reference: np.ndarray, other: np.ndarray) -> float:
     """max |reference - other| / max |reference|: the relative error verification reports."""
     return float(np.abs(reference - other).max() / np.abs(reference).max())
+
+
+def copy_of(path: Path, folder: Path) -> Path:
+    """`path` copied into `folder` (created), under the same name: a session's shared file
+    that a module converts, so that what converters write beside it stays the module's."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copy(path, folder / path.name))

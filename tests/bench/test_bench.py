@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import copy_of
 from typer.testing import CliRunner
 
 from artifacts.errors import OptionError
@@ -28,8 +29,6 @@ from bench.plot import PlotError, plot_latency
 from bench.profile import profile_layers
 from bench.report import CSV_COLUMNS, SCHEMA, BenchReport, ReportError, compare, load_report, write_csv, write_json
 from bench.runner import BenchOptions, Budget, bench_artifact, bench_runner
-from export.onnx import OnnxExportOptions, export_onnx
-from glnet.testing import seeded_model
 from glnet_export.cli import app
 from runtimes.base import Runner, TensorSpec
 
@@ -39,11 +38,10 @@ FAST = dict(warmup=Budget(count=1), measure=Budget(count=3), threads=2, edge=Fal
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | str]:
+def artifacts(tiny_dynamic_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | str]:
     """A dynamic-shape tiny ONNX file and, when OpenVINO is installed, its IR (or why not)."""
     folder = tmp_path_factory.mktemp("bench")
-    found: dict[str, Path | str] = {"onnx": folder / "tiny.onnx"}
-    export_onnx(seeded_model(TINY, seed=3), found["onnx"], OnnxExportOptions(dynamic="shape", input_size=(64, 64)))
+    found: dict[str, Path | str] = {"onnx": copy_of(tiny_dynamic_onnx, folder)}  # glnet_tiny seed 3
     try:
         import openvino  # noqa: F401
 

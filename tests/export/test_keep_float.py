@@ -1,7 +1,7 @@
 """The block map (artifacts.onnx_blocks) and `--keep-float NAME` on the int8 converters.
 
 glnet_tiny seed 3, dynamic shape, 64 x 64: the trace test_openvino, test_residual_fold and
-test_bench share (one worker, one trace). The map is checked against the order PyTorch
+test_bench share (the session traces it once). The map is checked against the order PyTorch
 runs the blocks in; keep-float by counting the quantize nodes in the kept block, for real
 in onnxruntime's quantizer and NNCF.
 """
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import onnx
 import pytest
+from helpers import copy_of
 from typer.testing import CliRunner
 
 import glnet
@@ -21,7 +22,6 @@ from artifacts.errors import OptionError
 from artifacts.metadata import ArtifactMetadata
 from artifacts.onnx_blocks import BLOCK_KEY, BlockMapError, block_nodes, block_outputs, describe_blocks, fill_blocks
 from artifacts.openvino_ir import read_ir_block_outputs, read_ir_metadata
-from export.onnx import OnnxExportOptions, export_onnx
 from export.onnxruntime import convert_onnxruntime
 from export.onnxruntime_int8 import quantize_onnxruntime_int8
 from export.precision import PrecisionOptions, write_precision_onnx
@@ -43,10 +43,8 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_onnx(tiny: glnet.GLNet, work: Path) -> Path:
-    path = work / "tiny.onnx"
-    export_onnx(tiny, path, OnnxExportOptions(input_size=(64, 64), dynamic="shape"))
-    return path
+def tiny_onnx(tiny_dynamic_onnx: Path, work: Path) -> Path:
+    return copy_of(tiny_dynamic_onnx, work)  # `tiny` exported: dynamic shape, 64 x 64
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import copy_of
 from helpers_trained import TrainedDigits
 from typer.testing import CliRunner
 
 import glnet
 from artifacts.backends import BackendUnavailableError
 from artifacts.calibration import CalibrationError, calibration_sizes
-from export.onnx import OnnxExportOptions, export_onnx
 from export.openvino import OpenVinoOptions, convert_openvino
 from export.openvino_int8 import find_sensitive_nodes
 from glnet.testing import seeded_model
@@ -37,7 +37,7 @@ SHAPES = [(1, 3, 64, 64), (3, 3, 64, 64), (1, 3, 128, 128), (2, 3, 49, 81)]
 
 @pytest.fixture(scope="module")
 def tiny() -> glnet.GLNet:
-    return seeded_model(TINY, seed=3)  # as test_bench and test_residual_fold: one trace serves all three
+    return seeded_model(TINY, seed=3)  # as test_bench and test_residual_fold: the session traces it once for all
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +46,8 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_onnx(tiny: glnet.GLNet, work: Path) -> Path:
-    path = work / "tiny.onnx"
-    export_onnx(tiny, path, OnnxExportOptions(input_size=(64, 64), dynamic="shape"))
-    return path
+def tiny_onnx(tiny_dynamic_onnx: Path, work: Path) -> Path:
+    return copy_of(tiny_dynamic_onnx, work)  # `tiny` exported: dynamic shape, 64 x 64
 
 
 @pytest.fixture(scope="module")

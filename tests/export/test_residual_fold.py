@@ -9,9 +9,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from helpers import copy_of
 from onnx import TensorProto, helper, numpy_helper
 
-from export.onnx import OnnxExportOptions, export_onnx
 from export.onnxruntime import convert_onnxruntime
 from export.openvino import OpenVinoOptions, convert_openvino
 from export.passes.openvino_fold import fold_residual_depthwise_ov
@@ -78,13 +78,13 @@ def test_only_exact_matches_fold_and_outputs_stay_the_same(convs: list, extra_us
     assert fold_residual_depthwise(folded) == 0, "folding twice changes nothing more"
 
 
-def test_the_portable_file_keeps_its_residual_adds_and_the_onnxruntime_file_folds_them(tmp_path: Path) -> None:
+def test_the_portable_file_keeps_its_residual_adds_and_the_onnxruntime_file_folds_them(tiny_dynamic_onnx: Path,
+                                                                                       tmp_path: Path) -> None:
     model = seeded_model("glnet_tiny", seed=3)
     residual = sum(1 for name, module in model.named_modules()
                    if isinstance(module, ResidualDWConv) or (name.endswith("pos_conv") and module is not None))
     assert residual == 10
-    portable, targeted = tmp_path / "tiny.onnx", tmp_path / "tiny_ort.onnx"
-    export_onnx(model, portable, OnnxExportOptions(dynamic="shape", input_size=(64, 64)))
+    portable, targeted = copy_of(tiny_dynamic_onnx, tmp_path), tmp_path / "tiny_ort.onnx"  # `model`, exported
     # The `ort` command's rewrite of the portable file: the same passes as `onnx --target
     # onnxruntime` (test_onnxruntime_target holds the two to the same graph), one export cheaper.
     result = convert_onnxruntime(portable, targeted)
@@ -113,11 +113,9 @@ def test_openvino_folds_the_same_matches(convs: list, extra_use: bool, expected:
         np.testing.assert_allclose(after[i], before[i], rtol=1e-5, atol=1e-5)
 
 
-def test_openvino_ir_built_for_f32_is_folded_and_asks_for_f32(tmp_path: Path) -> None:
+def test_openvino_ir_built_for_f32_is_folded_and_asks_for_f32(tiny_dynamic_onnx: Path, tmp_path: Path) -> None:
     pytest.importorskip("openvino")
-    model = seeded_model("glnet_tiny", seed=3)
-    path = tmp_path / "tiny.onnx"  # as exported above: the session traces it once
-    export_onnx(model, path, OnnxExportOptions(dynamic="shape", input_size=(64, 64)))
+    path = copy_of(tiny_dynamic_onnx, tmp_path)  # glnet_tiny seed 3
     auto = convert_openvino(path, tmp_path / "tiny.xml", OpenVinoOptions(precision="fp32"))
     f32 = convert_openvino(path, tmp_path / "tiny_f32.xml", OpenVinoOptions(precision="fp32", compute="f32"))
     assert auto.passes == {} and auto.metadata.compute_precision == ""

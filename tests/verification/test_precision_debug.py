@@ -18,11 +18,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import copy_of
 from onnx import numpy_helper
 from typer.testing import CliRunner
 
 import glnet
-from export.onnx import OnnxExportOptions, export_onnx
 from export.precision import PrecisionOptions, write_precision_onnx
 from glnet.testing import seeded_model
 from glnet_export.cli import app
@@ -39,11 +39,10 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def planted(work: Path) -> tuple[glnet.GLNet, Path]:
+def planted(tiny_dynamic_onnx: Path, work: Path) -> tuple[glnet.GLNet, Path]:
     """The faulty model and its portable ONNX (the export's initializers scaled the same way)."""
     model = seeded_model("glnet_tiny", seed=3)  # as test_openvino: the session traces it once
-    path = work / "tiny.onnx"
-    export_onnx(model, path, OnnxExportOptions(input_size=(64, 64), dynamic="shape"))
+    path = copy_of(tiny_dynamic_onnx, work)  # `model`, exported
     faulty = copy.deepcopy(model)
     convs = faulty.get_submodule(FAULTY).feature_conv
     factors = {f"{FAULTY}.feature_conv.0.weight": SCALE, f"{FAULTY}.feature_conv.0.bias": SCALE,
