@@ -43,7 +43,7 @@ DATA = Path(__file__).resolve().parent / "data"
 LONGEST_FIRST = ["tests/export/test_full_size.py", "tests/export/test_onnx_export.py",
                  "tests/export/test_openvino.py", "tests/bench/test_bench.py", "tests/cli/test_cli_verify_predict.py",
                  "tests/cli/test_onnx_command.py", "tests/export/test_onnxruntime_target.py",
-                 "tests/serving/test_serving.py"]
+                 "tests/serving/test_serving.py", "tests/test_static_checks.py"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

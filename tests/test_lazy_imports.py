@@ -58,7 +58,7 @@ def test_every_submodule_imports_without_the_optional_back_ends() -> None:
 # What the test suite itself runs for real. Tests of these back-ends skip when the package is
 # missing (a user may install the tool without them); this check is what makes a missing or
 # broken dev install fail loudly instead of turning those tests into quiet skips.
-DEV_EXTRAS = ["openvino", "nncf", "sklearn", "skimage", "matplotlib", "ray", "tritonclient.grpc"]
+DEV_EXTRAS = ["openvino", "nncf", "sklearn", "skimage", "matplotlib", "ray", "tritonclient.grpc", "mypy", "ruff"]
 
 
 @pytest.mark.parametrize("module", DEV_EXTRAS)
