@@ -19,6 +19,7 @@ import onnx
 import pytest
 import torch
 from helpers import copy_of
+from helpers_trained import TrainedDigits
 from onnx import numpy_helper
 from typer.testing import CliRunner
 
@@ -38,11 +39,10 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("precision_debug")
 
 
-@pytest.fixture(scope="module")
-def planted(tiny_dynamic_onnx: Path, work: Path) -> tuple[glnet.GLNet, Path]:
-    """The faulty model and its portable ONNX (the export's initializers scaled the same way)."""
-    model = seeded_model("glnet_tiny", seed=3)  # as test_openvino: the session traces it once
-    path = copy_of(tiny_dynamic_onnx, work)  # `model`, exported
+def plant_fault(model: glnet.GLNet, onnx_path: Path) -> glnet.GLNet:
+    """A copy of `model` with FAULTY's first feature convolution scaled up by SCALE and the
+    depthwise one after it down by as much; the ONNX export of `model` at `onnx_path` gets
+    its initializers scaled the same way, in place."""
     faulty = copy.deepcopy(model)
     convs = faulty.get_submodule(FAULTY).feature_conv
     factors = {f"{FAULTY}.feature_conv.0.weight": SCALE, f"{FAULTY}.feature_conv.0.bias": SCALE,
@@ -51,7 +51,7 @@ def planted(tiny_dynamic_onnx: Path, work: Path) -> tuple[glnet.GLNet, Path]:
         convs[0].weight *= SCALE
         convs[0].bias *= SCALE
         convs[1].weight /= SCALE
-    proto = onnx.load(path)
+    proto = onnx.load(onnx_path)
     scaled = []
     for init in proto.graph.initializer:
         if init.name in factors:
@@ -59,8 +59,15 @@ def planted(tiny_dynamic_onnx: Path, work: Path) -> tuple[glnet.GLNet, Path]:
                                                   init.name))
             scaled.append(init.name)
     assert sorted(scaled) == sorted(factors), "the export no longer keeps these weights as initializers"
-    onnx.save(proto, path)
-    return faulty, path
+    onnx.save(proto, onnx_path)
+    return faulty
+
+
+@pytest.fixture(scope="module")
+def planted(tiny_dynamic_onnx: Path, work: Path) -> tuple[glnet.GLNet, Path]:
+    """The faulty model and its portable ONNX (the export's initializers scaled the same way)."""
+    path = copy_of(tiny_dynamic_onnx, work)  # glnet_tiny seed 3, exported
+    return plant_fault(seeded_model("glnet_tiny", seed=3), path), path
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +121,22 @@ def test_keep_float_of_that_block_fixes_the_fp16_error(planted: tuple[glnet.GLNe
     assert head.block == "head" and head.max_rel < tolerance_for("fp16").max_rel
     kept = next(b for b in report.blocks if b.block == FAULTY)
     assert math.isfinite(kept.max_rel) and not kept.jumps
+
+
+def test_on_the_trained_digits_model_the_planted_block_is_named_and_keeping_it_fixes_the_error(
+        digits: TrainedDigits, digits_onnx: Path, tmp_path: Path) -> None:
+    """The same fault in a model that has learned something: named on held-out digits, and
+    the fp16 file with that block kept in float is back within fp16's tolerance."""
+    path = copy_of(digits_onnx, tmp_path)
+    faulty = plant_fault(digits.model, path)
+    images = digits.write_pngs(tmp_path / "eval", "eval")[:20]
+    fp16 = write_precision_onnx(path, tmp_path / "digits.fp16.onnx", PrecisionOptions("fp16")).path
+    report = debug_precision(fp16, faulty, DebugOptions(images=images))
+    assert report.first_jump == FAULTY
+    kept = write_precision_onnx(path, tmp_path / "digits.kept.fp16.onnx",
+                                PrecisionOptions("fp16", keep_float=[FAULTY])).path
+    fixed = debug_precision(kept, faulty, DebugOptions(images=images))
+    assert fixed.first_jump is None and fixed.blocks[-1].max_rel < tolerance_for("fp16").max_rel
 
 
 def test_openvino_reports_the_precision_that_ran(planted: tuple[glnet.GLNet, Path], photos3: list[Path],
