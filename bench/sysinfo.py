@@ -71,16 +71,20 @@ class DeviceInfo:
         if self.memory_bytes:
             parts.append(f"{self.memory_bytes / 2**30:.0f} GiB")
         parts += [f"{g.name} (driver {g.driver or '?'})" for g in self.gpus]
-        if self.board_model:
+        if self.board_model and self.is_jetson:
             clocks = {True: ", clocks locked", False: ", clocks NOT locked", None: ""}[self.clocks_locked]
             parts.append(self.board_model + (f", power mode {self.power_mode}" if self.power_mode else "") + clocks)
         if self.busy_cpus and self.busy_cpus >= 0.05:  # "0.0 CPUs busy" says nothing
             parts.append(f"{self.busy_cpus:.1f} CPUs busy with other work")
         return "; ".join(parts)
 
+    @property
+    def is_jetson(self) -> bool:
+        return is_jetson(self.board_model, self.l4t_release)
+
     def clock_warning(self) -> str:
         """One line for a benchmark on a Jetson whose clocks may scale during the run; "" otherwise."""
-        if not self.board_model and not self.l4t_release:
+        if not self.is_jetson:
             return ""
         if self.clocks_locked is False:
             return ("the Jetson's clocks are not locked: they scale between requests and timings vary; "
@@ -169,6 +173,12 @@ def gpu_info() -> list[GpuInfo]:
     return gpus
 
 
+def is_jetson(board_model: str, l4t_release: str) -> bool:
+    """Any ARM board has a device-tree model (a Raspberry Pi, an ARM server): only a Jetson
+    names itself so or has an L4T release."""
+    return bool(l4t_release) or any(word in board_model.lower() for word in ("jetson", "tegra"))
+
+
 def jetson_info(device_tree: Path = Path("/proc/device-tree/model"),
                 release: Path = Path("/etc/nv_tegra_release")) -> tuple[str, str, str]:
     """(board model, nvpmodel power mode, L4T release); empty strings off a Jetson."""
@@ -252,7 +262,7 @@ def collect_device_info(threads: int | None = None, idle_sample_s: float = 1.0) 
     except AttributeError:  # not on Linux
         logical = os.cpu_count() or 1
     board, power, l4t = jetson_info()
-    clocks = read_clock_state(_command) if board or l4t else None
+    clocks = read_clock_state(_command) if is_jetson(board, l4t) else None
     return DeviceInfo(
         hostname=socket.gethostname(), os=platform.platform(), python=platform.python_version(),
         arch=platform.machine(), cpu_model=model, cpu_cores=cores, cpu_logical=logical, cpu_quota=cpu_quota(),

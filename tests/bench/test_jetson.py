@@ -127,6 +127,19 @@ def test_off_a_jetson_the_clocks_are_not_asked_for(monkeypatch: pytest.MonkeyPat
     assert device_from_dict({"hostname": "old result, written before clocks_locked"}).clocks_locked is None
 
 
+def test_another_arm_board_is_not_taken_for_a_jetson(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Every ARM board has a device-tree model; only a Jetson's names it (or has an L4T release).
+    run = FakeRun({})
+    model = tmp_path / "model"
+    model.write_bytes(b"Raspberry Pi 4 Model B Rev 1.4\x00")
+    monkeypatch.setattr(sysinfo, "_command", run)
+    monkeypatch.setattr(sysinfo, "jetson_info", lambda: JETSON_INFO(model, tmp_path / "no_release"))
+    info = sysinfo.collect_device_info(1, idle_sample_s=0)
+    assert info.board_model.startswith("Raspberry Pi") and not info.is_jetson
+    assert info.clocks_locked is None and info.clock_warning() == "" and "clocks" not in info.summary()
+    assert not [argv for argv in run.calls if "jetson_clocks" in argv or argv[0] == "sudo"]
+
+
 def test_bench_warns_once_when_the_jetson_clocks_are_not_locked(monkeypatch: pytest.MonkeyPatch,
                                                                  tmp_path: Path) -> None:
     from typer.testing import CliRunner
