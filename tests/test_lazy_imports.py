@@ -58,7 +58,10 @@ def test_every_submodule_imports_without_the_optional_back_ends() -> None:
 # What the test suite itself runs for real. Tests of these back-ends skip when the package is
 # missing (a user may install the tool without them); this check is what makes a missing or
 # broken dev install fail loudly instead of turning those tests into quiet skips.
-DEV_EXTRAS = ["openvino", "nncf", "sklearn", "skimage", "matplotlib", "ray", "tritonclient.grpc", "mypy", "ruff"]
+# tensorrt_stubs: not an extra (the README's test command installs it with --no-deps), but
+# without it the TensorRT type checks would pass against Any.
+DEV_EXTRAS = ["openvino", "nncf", "sklearn", "skimage", "matplotlib", "ray", "tritonclient.grpc", "mypy", "ruff",
+              "tensorrt_stubs"]
 
 
 @pytest.mark.parametrize("module", DEV_EXTRAS)
