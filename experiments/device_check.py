@@ -3,12 +3,12 @@
     python -m experiments.device_check [--models glnet_tiny,glnet_4g] [--budget-s 450] [--json F]
 
 On a machine with TensorRT and an NVIDIA GPU (a Jetson, a GPU server), for each model (seeded
-weights, `glnet.testing.seeded_model`): export the portable ONNX, build fp32 (TF32 off where
-the builder has that option), fp16 and int8 engines (int8 calibrated on the sample
-photographs), all through the format table (`export.formats.build`); verify each engine
-against the fp32 ONNX at the shapes its profile takes, as `glnet-export tensorrt` does; time
-each (`bench.runner`, batch 1 and 8) and compare the runner with and without CUDA graphs
-where it has that option; record the device (`bench.sysinfo`, Jetson power mode and clock state included).
+weights, `glnet.testing.seeded_model`): export the portable ONNX, build fp32 (TF32 off), fp16
+and int8 engines (int8 calibrated on the sample photographs), all through the format table
+(`export.formats.build`); verify each engine against the fp32 ONNX at the shapes its profile
+takes, as `glnet-export tensorrt` does; time each (`bench.runner`, batch 1 and 8) and compare
+the runner with and without CUDA graphs; record the device (`bench.sysinfo`, Jetson power mode
+and clock state included).
 
 Every step is recorded with its status (ok, failed, skipped), seconds and error; the JSON is
 rewritten after each step, so an interrupted run still leaves what it did. A step does not
@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
-import inspect
 import os
 import sys
 import tempfile
@@ -44,7 +42,6 @@ from artifacts.jsonable import jsonable
 from experiments.results import default_help, results_path
 
 SCHEMA = "glnet-export/device-check"
-NO_GRAPHS = "not supported by this runner (runtimes/tensorrt.py has no cuda_graph option)"
 MODELS = ("glnet_tiny", "glnet_4g")
 PRECISIONS = ("fp32", "fp16", "int8")
 # Seconds a step is expected to need at least; a step starts only with that much budget left.
@@ -95,15 +92,11 @@ class Run:
     def remaining(self) -> float:
         return self.budget_s - (self.clock() - self.start)
 
-    def step(self, name: str, fn: Callable[[], Any], needs_s: float = 0.0, after: Step | None = None,
-             skip: str = "") -> Step:
-        """Run `fn` as step `name` unless told why not (`skip`), what it needs failed or the budget
-        cannot cover it."""
+    def step(self, name: str, fn: Callable[[], Any], needs_s: float = 0.0, after: Step | None = None) -> Step:
+        """Run `fn` as step `name` unless what it needs failed or the budget cannot cover it."""
         step = Step(name)
         self.steps.append(step)
-        if skip:
-            step.error = skip
-        elif after is not None and after.status != "ok":
+        if after is not None and after.status != "ok":
             step.error = f"needs {after.name}, which was {after.status}"
         elif self.remaining() < needs_s:
             step.error = (f"time budget: {max(self.remaining(), 0):.0f} s of {self.budget_s:.0f} s left, "
@@ -154,10 +147,6 @@ def preflight() -> tuple[dict[str, Any], str]:
     return {"tensorrt": version, "gpu": gpu, "compute_capability": capability}, ""
 
 
-def has_option(cls: type, name: str) -> bool:
-    return name in {f.name for f in dataclasses.fields(cls)}
-
-
 @contextlib.contextmanager
 def photo_folder() -> Iterator[Path]:
     """A folder of links to the sample photographs: the int8 calibration images."""
@@ -172,20 +161,17 @@ def photo_folder() -> Iterator[Path]:
 def check_model(run: Run, name: str, work: Path, calib: Path, cache: Path) -> None:
     from bench.runner import BenchOptions, Budget
     from export.formats import build
-    from export.tensorrt import TensorRTBuildOptions
     from glnet.testing import seeded_model
     from verification.artifact import VerifyOptions, verify_artifact
 
     onnx = work / f"{name}.onnx"
     exported = run.step(f"{name} export", lambda: build("onnxruntime", seeded_model(name), onnx),
                         needs("export", name))
-    tf32 = {"tf32": False} if has_option(TensorRTBuildOptions, "tf32") else {}
-    graphs = "" if runner_has_cuda_graph() else NO_GRAPHS
     timing = BenchOptions(batches=(1, 8), device="cuda", warmup=Budget(seconds=1.0, minimum=3),
                           measure=Budget(seconds=3.0, minimum=10))
     for precision in PRECISIONS:
         engine = work / f"{name}_{precision}.engine"
-        options: dict[str, Any] = {"timing_cache": cache, **(tf32 if precision == "fp32" else {})}
+        options: dict[str, Any] = {"timing_cache": cache, **({"tf32": False} if precision == "fp32" else {})}
         make = partial(build, f"tensorrt-{precision}", onnx, engine, calib=calib if precision == "int8" else None,
                        **options)
         built = run.step(f"{name} {precision} build", make, needs("build", name), after=exported)
@@ -201,7 +187,7 @@ def check_model(run: Run, name: str, work: Path, calib: Path, cache: Path) -> No
         run.step(f"{name} {precision} verify", verify, needs("verify", name), after=built)
         run.step(f"{name} {precision} bench", partial(timed, engine, timing), needs("bench", name), after=built)
         run.step(f"{name} {precision} CUDA graph on/off", partial(compare_graphs, engine), needs("bench", name),
-                 after=built, skip=graphs)
+                 after=built)
 
 
 def engine_shapes(manifest: Any) -> list[tuple[int, int, int, int]]:
@@ -215,13 +201,6 @@ def engine_shapes(manifest: Any) -> list[tuple[int, int, int, int]]:
               if all(lo <= d <= hi for d, lo, hi in zip(s, profile.min, profile.max, strict=True))]
     opt = profile.opt
     return shapes or [(opt[0], opt[1], opt[2], opt[3])]
-
-
-def runner_has_cuda_graph() -> bool:
-    """Whether runtimes.tensorrt's runner can replay its enqueue as a CUDA graph (`cuda_graph=`)."""
-    from runtimes.tensorrt import TensorRTRunner
-
-    return "cuda_graph" in inspect.signature(TensorRTRunner.__init__).parameters
 
 
 def compare_graphs(engine: Path, batches: tuple[int, ...] = (1, 8), rounds: int = 10) -> dict[str, Any]:
@@ -288,12 +267,10 @@ def main(argv: list[str] | None = None) -> int:
         return run.finish("skipped", why)
     timer = watchdog(run, args.budget_s + args.grace_s)
     from bench.sysinfo import collect_device_info
-    from export.tensorrt import TensorRTBuildOptions
 
     run.info["device"] = collect_device_info(idle_sample_s=0)
-    run.info["tf32"] = "off for fp32" if has_option(TensorRTBuildOptions, "tf32") else (
-        "TensorRTBuildOptions has no tf32 option here: TensorRT's default ran (TF32 on, on Ampere and newer)")
-    run.info["cuda_graph"] = "compared on and off" if runner_has_cuda_graph() else NO_GRAPHS
+    run.info["tf32"] = "off for fp32"
+    run.info["cuda_graph"] = "compared on and off"
     try:
         with tempfile.TemporaryDirectory(prefix="glnet-device-check-") as tmp, photo_folder() as calib:
             for name in args.models.split(","):

@@ -132,8 +132,7 @@ def test_device_check_runs_every_step_of_a_model(tmp_path: Path, monkeypatch: py
     from artifacts.engine_manifest import Profile
     from artifacts.metadata import ArtifactMetadata
     from experiments import device_check
-    from experiments.device_check import Run, check_model, has_option, runner_has_cuda_graph
-    from export.tensorrt import TensorRTBuildOptions
+    from experiments.device_check import Run, check_model
 
     profile = Profile("input", (1, 3, 224, 224), (1, 3, 224, 224), (8, 3, 224, 224))
     built: list[tuple[str, dict[str, Any]]] = []
@@ -158,12 +157,10 @@ def test_device_check_runs_every_step_of_a_model(tmp_path: Path, monkeypatch: py
                          "glnet_tiny fp32 bench", "glnet_tiny fp32 CUDA graph on/off", "glnet_tiny fp16 build"]
     assert len(names) == 1 + 3 * 4
     graphs = [s for s in run.steps if "CUDA graph" in s.name]
-    if runner_has_cuda_graph():  # the runner's option, compared (faked here)
-        assert all(s.status == "ok" and s.result == {"batch 1": "compared"} for s in graphs)
-    else:
-        assert all(s.status == "skipped" and "not supported by this runner" in s.error for s in graphs)
+    # compared on and off for every engine (faked here)
+    assert len(graphs) == 3 and all(s.status == "ok" and s.result == {"batch 1": "compared"} for s in graphs)
     assert [f for f, _ in built] == ["onnxruntime", "tensorrt-fp32", "tensorrt-fp16", "tensorrt-int8"]
-    assert ("tf32" in built[1][1]) is has_option(TensorRTBuildOptions, "tf32") and "tf32" not in built[2][1]
+    assert built[1][1]["tf32"] is False and "tf32" not in built[2][1] and "tf32" not in built[3][1]
     assert built[3][1]["calib"] == tmp_path / "calib" and built[1][1]["calib"] is None
     assert all(o.get("timing_cache") == tmp_path / "timing.cache" for _, o in built[1:])
     failed = [s for s in run.steps if s.status == "failed"]
