@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import sys
 import tempfile
 import time
@@ -43,6 +42,7 @@ from artifacts.jsonable import jsonable
 from artifacts.labelled import LabelledSet, balanced_sample, iter_batches, read_labelled
 from artifacts.labels import labels_for
 from artifacts.scoring import accuracy, hits_at, paired_change, top_k
+from bench.report import write_json
 from bench.runner import interleave, paired_ratio
 from bench.sysinfo import collect_device_info
 from experiments.results import ROOT, default_help, results_path
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
               "device": collect_device_info(), "max_drop": args.max_drop, "model": "glnet_tiny on digits, 32 x 32",
               "halves": {h: {"images": len(s), "source": s.source} for h, s in halves.items()},
               "rows": rows, "not_met": failed}
-    args.json.write_text(json.dumps(jsonable(report), indent=2) + "\n")
+    write_json(jsonable(report), args.json)
     say(f"wrote {args.json}")
 
 

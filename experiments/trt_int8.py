@@ -20,7 +20,6 @@ the new file in a bare `InferenceSession` with every default optimizer, which sh
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ import runtimes
 from artifacts.metadata import ArtifactMetadata
 from artifacts.photos import sample_photo_paths
 from artifacts.preprocess import preprocess
+from bench.report import write_json
 from experiments.results import default_help, results_path
 from experiments.targets import photo_crops, say
 from export.formats import build
@@ -97,7 +97,7 @@ def main() -> None:
               "samples": len(inputs), "median_lead": float(np.median(top1_leads(reference))),
               "onnxruntime": ort.__version__, "results": rows}
     target = args.json or results_path("trt-int8")
-    target.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_json(report, target)
     for name, row in rows.items():
         leads = row["flip_leads"]
         print(f"{name:62s} top-1 {row['top1']:6.1%}  max rel {row['max_rel']:.4f}  cosine min "
