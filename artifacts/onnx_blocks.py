@@ -211,7 +211,8 @@ def block_outputs(model: onnx.ModelProto, where: object = "") -> dict[str, str]:
 
 
 def describe_blocks(names: Iterable[str]) -> str:
-    """'downsample_layers.0-3, stages.0.blocks.0-3, ..., norm, head': a short listing in order."""
+    """'downsample_layers.0-3, stages.0.blocks.0-3, ..., norm, head': a short listing in order;
+    a range stands only for consecutive blocks (stages.0.blocks.0-1, stages.0.blocks.3)."""
     groups: dict[str, list[int]] = {}
     for name in sorted(names, key=block_order):
         stem, _, index = name.rpartition(".")
@@ -223,11 +224,20 @@ def describe_blocks(names: Iterable[str]) -> str:
     for stem, indices in groups.items():
         if not indices:
             parts.append(stem)
-        elif len(indices) == 1:
-            parts.append(f"{stem}{indices[0]}")
-        else:
-            parts.append(f"{stem}{indices[0]}-{indices[-1]}")
+        for run in _runs(indices):  # only consecutive indices collapse: 0-2 must not hide a missing 1
+            parts.append(f"{stem}{run[0]}" if len(run) == 1 else f"{stem}{run[0]}-{run[-1]}")
     return ", ".join(parts)
+
+
+def _runs(indices: list[int]) -> list[list[int]]:
+    """[0, 1, 3] -> [[0, 1], [3]]: the runs of consecutive numbers, in order, repeats dropped."""
+    runs: list[list[int]] = []
+    for i in sorted(set(indices)):
+        if runs and runs[-1][-1] + 1 == i:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
 
 
 def resolve_blocks(specs: Iterable[str], known: Sequence[str]) -> tuple[str, ...]:

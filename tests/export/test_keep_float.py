@@ -127,6 +127,14 @@ def test_unknown_block_names_get_one_line_with_the_valid_names(tiny_onnx: Path, 
         "stages.0.blocks.0-1, norm, head"
 
 
+def test_describe_blocks_collapses_only_consecutive_blocks() -> None:
+    assert describe_blocks(["stages.0.blocks.2", "stages.0.blocks.0"]) == "stages.0.blocks.0, stages.0.blocks.2"
+    assert describe_blocks(["stages.0.blocks.3", "stages.0.blocks.0", "stages.0.blocks.1", "head"]) == \
+        "stages.0.blocks.0-1, stages.0.blocks.3, head"
+    assert describe_blocks(["downsample_layers.0", "downsample_layers.2", "downsample_layers.3"]) == \
+        "downsample_layers.0, downsample_layers.2-3"
+
+
 def test_a_file_without_a_block_map_is_refused_in_one_line(tiny_onnx: Path, work: Path) -> None:
     proto = onnx.load(tiny_onnx)
     for node in proto.graph.node:
