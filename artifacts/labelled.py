@@ -40,7 +40,7 @@ from PIL import Image
 from . import ilsvrc
 from .calibration import IMAGE_SUFFIXES
 from .errors import LabelledDataError
-from .labels import imagenet1k_labels, imagenet1k_synsets
+from .labels import imagenet1k_labels, imagenet1k_synset_index
 from .metadata import ArtifactMetadata
 from .preprocess import ImageError, preprocess
 
@@ -197,7 +197,7 @@ class _ClassIndex:
     def resolve(self, token: str, where: str) -> int:
         kind = self.kind(token)
         if kind == "synset":
-            index = _synset_index().get(token)
+            index = imagenet1k_synset_index().get(token)
             if index is None:
                 raise LabelledDataError(f"{where}: {token} is not one of the 1000 ImageNet-1k synsets")
         elif kind == "index":
@@ -227,10 +227,6 @@ class _ClassIndex:
 
 def _normal(name: str) -> str:
     return " ".join(name.replace("_", " ").lower().split())
-
-
-def _synset_index() -> dict[str, int]:
-    return {synset: i for i, synset in enumerate(imagenet1k_synsets())}
 
 
 def _names_for(classes: _ClassIndex, imagenet: bool) -> tuple[str, ...]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
 from importlib import resources
+from types import MappingProxyType
 
 from .metadata import IMAGENET_LABELS
 
@@ -31,6 +33,13 @@ def imagenet1k_synsets() -> tuple[str, ...]:
     """The WordNet synset IDs of the 1000 classes in index order (n01440764 is class 0): the
     sorted-synset order of torchvision's and timm's ImageNet models."""
     return tuple(synset for synset, _label in _imagenet1k_rows())
+
+
+@lru_cache(maxsize=1)
+def imagenet1k_synset_index() -> Mapping[str, int]:
+    """Synset ID -> class index (n01440764 -> 0). Built once: labelled sets look up every
+    image's synset; read-only, as every caller shares the one mapping."""
+    return MappingProxyType({synset: i for i, synset in enumerate(imagenet1k_synsets())})
 
 
 def labels_for(labels: str, num_classes: int) -> tuple[str, ...]:

@@ -15,7 +15,7 @@ from helpers_labelled import LabelledFolder, write_layouts, write_png
 from PIL import Image
 
 from artifacts.labelled import LabelledDataError, balanced_sample, iter_batches, read_labelled
-from artifacts.labels import labels_for
+from artifacts.labels import imagenet1k_synset_index, imagenet1k_synsets, labels_for
 from artifacts.metadata import ArtifactMetadata
 from artifacts.scoring import accuracy, hits_at, newcombe_paired, paired_change, top_k, wilson
 
@@ -33,6 +33,15 @@ def images() -> tuple[np.ndarray, np.ndarray]:
 def layouts(images: tuple[np.ndarray, np.ndarray], tmp_path_factory: pytest.TempPathFactory
             ) -> dict[str, LabelledFolder]:
     return write_layouts(*images, tmp_path_factory.mktemp("layouts"))
+
+
+def test_the_synset_index_is_built_once_and_matches_the_class_order() -> None:
+    index = imagenet1k_synset_index()
+    assert index is imagenet1k_synset_index()  # cached: one mapping, not one per image resolved
+    assert len(index) == 1000 and index["n01440764"] == 0
+    assert all(index[synset] == i for i, synset in enumerate(imagenet1k_synsets()))
+    with pytest.raises(TypeError):
+        index["n01440764"] = 1  # type: ignore[index]  # shared, so read-only
 
 
 def _pixels(path: Path) -> str:
