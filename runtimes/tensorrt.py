@@ -23,7 +23,7 @@ importing this module needs neither TensorRT nor a GPU.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,7 +259,9 @@ class TensorRTRunner(Runner):
             self.notes.append(f"CUDA graph capture failed at input {'x'.join(map(str, shape))} "
                               f"({one_line(exc)}): that shape runs without a CUDA graph")
 
-    def _infer_all(self, x: np.ndarray) -> dict[str, np.ndarray]:
+    def _run(self, x: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """Run on `x` and copy back only the outputs `names`: each copy is a device-to-host
+        transfer, so the hot path (`infer`) fetches just the one it returns."""
         spec = self.inputs[0]
         shape = tuple(int(d) for d in x.shape)
         self._check_profile(spec.name, shape)
@@ -273,10 +275,14 @@ class TensorRTRunner(Runner):
                 self._enqueue()
                 if self.cuda_graph and not binding.captured:
                     self._capture(shape, binding)
-            return {name: self._cuda.download(buffer, self._stream) for name, buffer in binding.outputs.items()}
+            return {name: self._cuda.download(binding.outputs[name], self._stream) for name in names}
+
+    def _infer_all(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        return self._run(x, [out.name for out in self.outputs])
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
-        return next(iter(self._infer_all(x).values()))
+        first = self.outputs[0].name
+        return self._run(x, [first])[first]
 
     def _close(self) -> None:
         self._bindings.clear()  # graphs and buffers before the context they were made for

@@ -1,5 +1,5 @@
 """The TensorRT runner's own logic, on a fake TensorRT and fake CUDA memory (tests/fake_tensorrt.py):
-every output by name, CUDA-graph capture and replay per input shape, the fallback when a
+every output by name (and `infer` copying back only the one it returns), CUDA-graph capture and replay per input shape, the fallback when a
 capture fails, the lean-runtime switch with and without a manifest, and the precision a
 TF32 engine is judged in. TensorRT and a GPU are not here; the real runs are the `tensorrt`
 tests in tests/export/test_tensorrt.py."""
@@ -49,6 +49,20 @@ def test_every_output_comes_back_by_name(monkeypatch: pytest.MonkeyPatch, tmp_pa
             np.testing.assert_allclose(outputs[name], want, rtol=1e-6)
         np.testing.assert_allclose(runner.infer(x), _expected(x)["logits"], rtol=1e-6)
         assert runner.precision == "fp32" and runner.cuda_graph is False
+
+
+def test_infer_copies_back_only_the_first_output(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from runtimes.tensorrt import TensorRTRunner
+
+    world = install(monkeypatch)
+    with TensorRTRunner(_engine(tmp_path, tf32=False)) as runner:
+        cuda, copied = world.cuda[-1], []
+        download = cuda.download
+        monkeypatch.setattr(cuda, "download", lambda buffer, stream: copied.append(buffer) or download(buffer, stream))
+        x = _x((2, 3, 32, 32), 1)
+        np.testing.assert_allclose(runner.infer(x), _expected(x)["logits"], rtol=1e-6)
+        assert len(copied) == 1  # the features (as large as the input) stay on the device
+        assert list(runner.infer_all(x)) == ["logits", "features"] and len(copied) == 3
 
 
 def test_cuda_graphs_are_captured_once_per_shape_and_replay_new_inputs(monkeypatch: pytest.MonkeyPatch,
