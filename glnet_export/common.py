@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from artifacts.errors import GlnetExportError, one_line
+from artifacts.errors import GlnetExportError, OptionError, one_line
 from artifacts.jsonable import jsonable
 
 # Results go to stdout (so `--json -` and pipes stay clean); progress and errors to stderr.
@@ -23,6 +23,9 @@ out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 120)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# OpenVINO compute precisions an option may name; "default" leaves the device its own (bf16 on CPUs that have it).
+INFER_PRECISIONS = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16", "default": None}
 
 
 def debug_enabled() -> bool:
@@ -97,6 +100,13 @@ def write_json(data: Any, target: Path | None) -> None:
 
     with atomic_outputs(target) as (temp,):
         temp.write_text(text, encoding="utf-8")
+
+
+def openvino_precision(value: str, option: str) -> str | None:
+    """The OpenVINO compute precision `value` of `option` names (None: the device's own)."""
+    if value not in INFER_PRECISIONS:
+        raise OptionError(f"{option} must be one of {', '.join(INFER_PRECISIONS)}, not {value!r}")
+    return INFER_PRECISIONS[value]
 
 
 def human_bytes(n: int) -> str:

@@ -10,12 +10,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import checked_output, err, handle_errors, out, write_json
+from .common import checked_output, err, handle_errors, openvino_precision, out, write_json
 
 if TYPE_CHECKING:
     from verification.precision_debug import PrecisionDebugReport
-
-INFER_PRECISIONS = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16", "default": None}
 
 
 @handle_errors
@@ -47,14 +45,12 @@ def debug_precision(
     from verification.precision_debug import DebugOptions, check_artifact, debug_precision
     from verification.reference import pytorch_reference
 
-    if precision is not None and precision not in INFER_PRECISIONS:
-        raise OptionError(f"--precision must be one of {', '.join(INFER_PRECISIONS)}, not {precision!r}")
+    asked = openvino_precision(precision, "--precision") if precision is not None else None
     files = [p for given in images or [] for p in (image_paths(given) if given.is_dir() else [given])]
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
         raise OptionError(f"--images: no such file: {', '.join(missing[:3])}")
-    options = DebugOptions(images=files, precision=INFER_PRECISIONS[precision] if precision else None,
-                           ratio=ratio, device=device, threads=threads)
+    options = DebugOptions(images=files, precision=asked, ratio=ratio, device=device, threads=threads)
     options.validate()
     check_artifact(artifact, options)  # before the reference is built
     reference = pytorch_reference(artifact, model, checkpoint, use_ema)

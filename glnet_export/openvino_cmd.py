@@ -17,6 +17,7 @@ from .common import (
     handle_errors,
     human_bytes,
     model_from_options,
+    openvino_precision,
     reference_for,
 )
 from .int8_options import Data, GlmixFloat, KeepFloat, Labels, Limit, MaxDrop, budget_from_options
@@ -24,8 +25,6 @@ from .int8_options import Data, GlmixFloat, KeepFloat, Labels, Limit, MaxDrop, b
 if TYPE_CHECKING:
     from export.openvino import OpenVinoResult
     from verification.openvino import OpenVinoVerification
-
-INFER_PRECISIONS = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16", "default": None}
 
 
 @handle_errors
@@ -81,8 +80,7 @@ def openvino(
 
     if (source is None) == (model is None):
         raise OptionError("give either an ONNX file or --model (with --checkpoint for trained weights)")
-    if infer_precision not in INFER_PRECISIONS:
-        raise OptionError(f"--infer-precision must be one of {', '.join(INFER_PRECISIONS)}, not {infer_precision!r}")
+    asked = openvino_precision(infer_precision, "--infer-precision")
     fmt = openvino_format(precision)
     options: dict[str, Any] = dict(precision=precision, calib_count=calib_count, glmix_float=glmix_float,
                                    keep_float=(keep_float,) if keep_float else (), int8_depthwise=int8_depthwise,
@@ -90,7 +88,7 @@ def openvino(
                                    budget=budget_from_options(max_drop, data, labels, limit, precision))
     check_options(fmt, calib, **options)  # int8 without --calib fails here, before any slow work
     vopts = VerifyOptions(max_rel=max_rel, min_cosine=min_cosine, min_top1=min_top1, threads=threads,
-                          precision=INFER_PRECISIONS[infer_precision], device=device)
+                          precision=asked, device=device)
     if verify:
         from runtimes.openvino import check_device
 
