@@ -33,15 +33,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import onnx
 
-from artifacts.atomic import atomic_outputs, check_writable
+from artifacts.atomic import check_writable
 from artifacts.backends import import_onnxruntime
 from artifacts.calibration import DEFAULT_COUNT, CalibrationSet
 from artifacts.errors import ExportError
 from artifacts.labelled import balanced_sample
 from artifacts.onnx_blocks import block_nodes, describe_blocks, resolve_blocks
-from artifacts.onnx_file import read_onnx, set_metadata
+from artifacts.onnx_file import read_onnx, save_onnx, set_metadata
 from artifacts.scoring import PairedChange
 
 from .int8_budget import (
@@ -143,11 +142,10 @@ def quantize_onnxruntime_int8_within_budget(
                                                 else "(--max-drop)") if record.kept_float else quantization.kept_float
         meta = dataclasses.replace(best.metadata, quantization=dataclasses.replace(quantization, budget=record,
                                                                                    kept_float=words))
-        model = onnx.load(str(best.path))
+        model = read_onnx(best.path)
         set_metadata(model, meta)
         say(f"writing {output}")
-        with atomic_outputs(output) as (temp,):
-            onnx.save_model(model, str(temp))
+        save_onnx(model, output)
     notes = best.notes + ([note] if note else [])
     if validation.unreadable:
         notes.append(f"{len(validation.unreadable)} unreadable validation image(s) skipped, e.g. "
