@@ -1,6 +1,6 @@
 """The int8 options `ort --precision int8` and `openvino --precision int8` share: what stays in
-float (`--glmix-float`, `--keep-float`) and the accuracy budget (`--max-drop X --data DIR
-[--labels F] [--limit N]`, export.int8_budget)."""
+float (`--glmix-float`, `--keep-float`; `tensorrt` takes `--keep-float` too, for fp16 as well)
+and the accuracy budget (`--max-drop X --data DIR [--labels F] [--limit N]`, export.int8_budget)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ if TYPE_CHECKING:
 GlmixFloat = Annotated[bool, typer.Option(
     help="int8: keep GLMix's L2 norms, slot softmaxes and logits MatMul in float.")]
 KeepFloat = Annotated[str | None, typer.Option(
-    "--keep-float", metavar="NAME[,NAME]", help="int8: leave these blocks in float (checkpoint-layout names, e.g. "
-    "stages.2.blocks.5, or stages.2 for a whole stage; see debug-precision).")]
+    "--keep-float", metavar="NAME[,NAME]", help="int8 (and fp16 for TensorRT): leave these blocks in float "
+    "(checkpoint-layout names, e.g. stages.2.blocks.5, or stages.2 for a whole stage; see debug-precision).")]
 MaxDrop = Annotated[float | None, typer.Option(
     "--max-drop", metavar="X", help="int8: the most top-1 accuracy int8 may lose against fp32 on the --data images, "
     "absolute, as a fraction (0.01 = one percentage point): blocks (ort) or operations (openvino, NNCF's "
@@ -28,6 +28,12 @@ Labels = Annotated[Path | None, typer.Option(
     "--labels", help="--max-drop: path,label CSV, or the ILSVRC2012 devkit's or Kaggle's ground truth.")]
 Limit = Annotated[int | None, typer.Option(
     "--limit", help="--max-drop: measure on a class-balanced sample of N of the --data images.")]
+
+
+def keep_float_names(text: str | None) -> tuple[str, ...]:
+    """--keep-float as the converters' `keep_float`: the text as given, or nothing; the converters
+    split it at commas and check the names (artifacts.onnx_blocks.resolve_blocks)."""
+    return (text,) if text else ()
 
 
 def budget_from_options(max_drop: float | None, data: Path | None, labels: Path | None, limit: int | None,

@@ -20,7 +20,7 @@ from .common import (
     openvino_precision,
     reference_for,
 )
-from .int8_options import Data, GlmixFloat, KeepFloat, Labels, Limit, MaxDrop, budget_from_options
+from .int8_options import Data, GlmixFloat, KeepFloat, Labels, Limit, MaxDrop, budget_from_options, keep_float_names
 
 if TYPE_CHECKING:
     from export.openvino import OpenVinoResult
@@ -83,7 +83,7 @@ def openvino(
     asked = openvino_precision(infer_precision, "--infer-precision")
     fmt = openvino_format(precision)
     options: dict[str, Any] = dict(precision=precision, calib_count=calib_count, glmix_float=glmix_float,
-                                   keep_float=(keep_float,) if keep_float else (), int8_depthwise=int8_depthwise,
+                                   keep_float=keep_float_names(keep_float), int8_depthwise=int8_depthwise,
                                    compute=compute,
                                    budget=budget_from_options(max_drop, data, labels, limit, precision))
     check_options(fmt, calib, **options)  # int8 without --calib fails here, before any slow work

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .common import checked_output, err, finish_export, handle_errors, human_bytes, reference_for
-from .int8_options import Data, GlmixFloat, KeepFloat, Labels, Limit, MaxDrop, budget_from_options
+from .int8_options import Data, GlmixFloat, KeepFloat, Labels, Limit, MaxDrop, budget_from_options, keep_float_names
 from .onnx_cmd import target_line
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ def ort(
     reference = reference_for(source, read_portable_metadata(source), checkpoint, use_ema) if verify else None
     if precision == "int8":
         assert calib is not None
-        blocks = (keep_float,) if keep_float else ()
+        blocks = keep_float_names(keep_float)
         _int8(source, output, calib, calib_count, glmix_float, blocks, reference, vopts, json_path, budget)
         return
     from export.formats import build

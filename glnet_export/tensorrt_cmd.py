@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from .common import checked_output, err, fail, handle_errors, human_bytes, out, write_json
+from .int8_options import KeepFloat, keep_float_names
 from .render import verification_table
 
 
@@ -24,10 +25,7 @@ def tensorrt(
     calib: Annotated[Path | None, typer.Option("--calib", help="int8: a folder of calibration images.")] = None,
     calib_samples: Annotated[int, typer.Option(help="int8: at most this many calibration images.")] = 64,
     calib_method: Annotated[str, typer.Option(help="int8: minmax | entropy | percentile.")] = "minmax",
-    keep_float: Annotated[str | None, typer.Option("--keep-float", metavar="NAME[,NAME]", help="fp16/int8: keep "
-                                                   "these blocks in fp32 (checkpoint-layout names, e.g. "
-                                                   "stages.2.blocks.5, or stages.2 for a whole stage; see "
-                                                   "debug-precision).")] = None,
+    keep_float: KeepFloat = None,
     min_shape: Annotated[str | None, typer.Option("--min", help="Smallest input, e.g. 1x3x224x224.")] = None,
     opt_shape: Annotated[str | None, typer.Option("--opt", help="Input shape to tune for.")] = None,
     max_shape: Annotated[str | None, typer.Option("--max", help="Largest input.")] = None,
@@ -65,7 +63,7 @@ def tensorrt(
         min_shape=parse_shape(min_shape) if min_shape else None,
         opt_shape=parse_shape(opt_shape) if opt_shape else None,
         max_shape=parse_shape(max_shape) if max_shape else None, workspace_mb=workspace, timing_cache=timing_cache,
-        version_compatible=version_compatible, typing=typing_mode, keep_float=(keep_float,) if keep_float else (),
+        version_compatible=version_compatible, typing=typing_mode, keep_float=keep_float_names(keep_float),
         tf32=tf32, opt_level=opt_level, dla_core=dla_core,
     )
     plan = plan_build(source, options)  # checks the options and the shapes before any slow work
