@@ -36,7 +36,7 @@ from artifacts.atomic import atomic_outputs, check_writable
 from artifacts.calibration import DEFAULT_COUNT, CalibrationSet, SampleBatches, calibration_sizes, load_calibration
 from artifacts.errors import ExportError, GlnetExportError, one_line
 from artifacts.metadata import ArtifactMetadata, Quantization
-from artifacts.onnx_blocks import block_nodes, resolve_blocks
+from artifacts.onnx_blocks import block_nodes, block_order, resolve_blocks
 from artifacts.onnx_file import read_onnx, set_metadata
 
 from .onnx_int8_nodes import (
@@ -197,7 +197,8 @@ def calibration_set(calib: CalibrationSet | Path | str, meta: ArtifactMetadata, 
 def quantize_onnxruntime_int8(onnx_path: str | Path, output_path: str | Path | None, calib: CalibrationSet | str | Path,
                               calib_count: int = DEFAULT_COUNT, glmix_float: bool = True,
                               progress: Progress | None = None, settings: Int8Settings = SETTINGS,
-                              keep_float: Sequence[str] = (), calibration_cache: Path | None = None) -> OrtInt8Result:
+                              keep_float: Sequence[str] = (), calibration_cache: Path | None = None,
+                              budget_blocks: Sequence[str] = ()) -> OrtInt8Result:
     """Write the int8 (QDQ) form of the portable glnet-export ONNX file `onnx_path` to `output_path`
     (default: NAME_ort_int8.onnx beside it).
 
@@ -205,8 +206,10 @@ def quantize_onnxruntime_int8(onnx_path: str | Path, output_path: str | Path | N
     preprocessed as the file's metadata says; at three sizes for a dynamic-shape file).
     With `glmix_float`, GLMix's clustering nodes are excluded from quantization;
     `keep_float` names whole blocks (checkpoint-layout names, `artifacts.onnx_blocks`) to
-    leave in float too. The metadata is the source's with precision int8, target
-    onnxruntime, `quantization` saying what was quantized and `kept_float` the blocks.
+    leave in float too; `budget_blocks` likewise, for blocks an accuracy budget (--max-drop,
+    `export.onnxruntime_int8_budget`) keeps in float, so the words name each group's option.
+    The metadata is the source's with precision int8, target onnxruntime, `quantization`
+    saying what was quantized and `kept_float` every kept block (both groups, network order).
     """
     from .onnxruntime import TARGET, default_output
     from .passes import ONNXRUNTIME_REQUIRES
@@ -219,7 +222,10 @@ def quantize_onnxruntime_int8(onnx_path: str | Path, output_path: str | Path | N
     start = time.perf_counter()
     notes: list[str] = []
     model, meta = _read_source(source, output)
-    kept_blocks = resolve_blocks(keep_float, list(block_nodes(model, source))) if keep_float else ()
+    known = list(block_nodes(model, source)) if keep_float or budget_blocks else []
+    user_blocks = resolve_blocks(keep_float, known) if keep_float else ()
+    budget_only = [b for b in resolve_blocks(budget_blocks, known) if b not in user_blocks] if budget_blocks else []
+    kept_blocks = tuple(sorted((*user_blocks, *budget_only), key=block_order))
     calib = calibration_set(calib, meta, calib_count, say)
     if not calib.samples:
         raise ExportError(f"no usable calibration images in {calib.folder}")
@@ -255,7 +261,8 @@ def quantize_onnxruntime_int8(onnx_path: str | Path, output_path: str | Path | N
         rewired = float_inputs_back(quantized, set(sensitive.names) | set(block_float), settings.op_types)
         notes.append(f"{rewired} inputs of float nodes read the float tensor, not its int8 copy")
         kept = [sensitive.describe()] if glmix_float else []
-        kept += [f"blocks {', '.join(kept_blocks)} (--keep-float)"] if kept_blocks else []
+        kept += [f"blocks {', '.join(user_blocks)} (--keep-float)"] if user_blocks else []
+        kept += [f"blocks {', '.join(budget_only)} (--max-drop)"] if budget_only else []
         kept += [f"{len(attention)} slot-attention MatMuls"] if attention else []
         if settings.op_types:
             kept += ["the classifier Gemm"] if "Gemm" not in settings.op_types else []

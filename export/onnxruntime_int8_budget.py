@@ -121,7 +121,7 @@ def quantize_onnxruntime_int8_within_budget(
     validation = load_validation(budget, meta, calib_dir)
     calib = calibration_set(calib, meta, calib_count, say)
     with tempfile.TemporaryDirectory(prefix="glnet-export-int8-budget-") as tmp:
-        search = _Search(source, Path(tmp), calib, validation, glmix_float, settings, say)
+        search = _Search(source, Path(tmp), calib, validation, glmix_float, settings, user_kept, say)
         chosen, kept, note = search.run(budget, blocks, user_kept)
         best, plain = search.tried[tuple(kept)], search.tried[tuple(user_kept)]
         speed, timing = 1.0, "the unconstrained int8 file itself: nothing more was kept in float"
@@ -137,11 +137,7 @@ def quantize_onnxruntime_int8_within_budget(
                               speed=speed, timing=timing)
         quantization = best.metadata.quantization
         assert quantization is not None
-        # The converter names every block it was given "(--keep-float)"; some came from the search.
-        words = quantization.kept_float.replace("(--keep-float)", "(--keep-float, --max-drop)" if user_kept
-                                                else "(--max-drop)") if record.kept_float else quantization.kept_float
-        meta = dataclasses.replace(best.metadata, quantization=dataclasses.replace(quantization, budget=record,
-                                                                                   kept_float=words))
+        meta = dataclasses.replace(best.metadata, quantization=dataclasses.replace(quantization, budget=record))
         model = read_onnx(best.path)
         set_metadata(model, meta)
         say(f"writing {output}")
@@ -157,8 +153,9 @@ class _Search:
     """The candidates of one search, each quantized once into its own temporary file."""
 
     def __init__(self, source: Path, folder: Path, calib: CalibrationSet, validation: ValidationImages,
-                 glmix_float: bool, settings: Int8Settings, say: Progress) -> None:
+                 glmix_float: bool, settings: Int8Settings, user_kept: Sequence[str], say: Progress) -> None:
         self.source, self.folder, self.calib, self.validation = source, folder, calib, validation
+        self.user_kept = list(user_kept)  # the --keep-float blocks: every candidate keeps them
         self.glmix_float, self.settings, self.say = glmix_float, settings, say
         self.cache = folder / "calibration.json"  # quantize_static's ranges, measured by the first candidate
         self.tried: dict[tuple[str, ...], OrtInt8Result] = {}
@@ -170,9 +167,11 @@ class _Search:
         key = tuple(kept)
         if key not in self.tried:
             path = self.folder / f"candidate_{len(self.tried)}.onnx"
-            self.tried[key] = quantize_onnxruntime_int8(self.source, path, self.calib, glmix_float=self.glmix_float,
-                                                        settings=self.settings, keep_float=kept,
-                                                        calibration_cache=self.cache)
+            # The user's blocks and the search's apart: the file's words name each by its option.
+            self.tried[key] = quantize_onnxruntime_int8(
+                self.source, path, self.calib, glmix_float=self.glmix_float, settings=self.settings,
+                keep_float=[b for b in kept if b in self.user_kept],
+                budget_blocks=[b for b in kept if b not in self.user_kept], calibration_cache=self.cache)
         return self.tried[key]
 
     def score(self, kept: Sequence[str]) -> PairedChange:

@@ -133,6 +133,7 @@ def test_ort_max_drop_keeps_its_promise_on_held_out_digits(ort_budget: tuple[Pat
     # Chosen on half A: within the budget there, after losing more without it.
     assert budget.images == 100 and budget.drop <= MAX_DROP < budget.fp32_top1 - budget.unconstrained_top1
     assert "downsample_layers.0" in budget.kept_float and len(budget.kept_float) < 11  # still int8
+    assert "(--max-drop)" in meta.quantization.kept_float and "--keep-float" not in meta.quantization.kept_float
     assert "budget" in stdout and "kept in float for it" in stdout
     held_out = halves[3]
     assert len(held_out) == 100 and not set(held_out.paths) & set(read_labelled(

@@ -168,6 +168,19 @@ def test_onnxruntime_int8_leaves_a_kept_block_unquantized(tiny_onnx: Path, calib
     assert float_nodes and float_nodes <= set(result.excluded)  # the fused LayerNorms included
 
 
+def test_onnxruntime_int8_names_the_user_s_blocks_and_the_budget_s_apart(tiny_onnx: Path, calib: Path,
+                                                                          work: Path) -> None:
+    result = quantize_onnxruntime_int8(tiny_onnx, work / "tiny_int8_budget.onnx", calib, calib_count=4,
+                                       keep_float=[KEPT], budget_blocks=[LIKE_KEPT])
+    assert _quantize_nodes(result.path, KEPT) == 0 and _quantize_nodes(result.path, LIKE_KEPT) == 0
+    meta = ArtifactMetadata.from_props({p.key: p.value for p in onnx.load(result.path).metadata_props})
+    assert meta.kept_float == (LIKE_KEPT, KEPT)  # every kept block, in network order
+    assert meta.quantization is not None
+    words = meta.quantization.kept_float
+    assert f"blocks {KEPT} (--keep-float)" in words and f"blocks {LIKE_KEPT} (--max-drop)" in words
+    assert "--keep-float, --max-drop" not in words
+
+
 def test_openvino_int8_leaves_a_kept_block_unquantized(tiny_onnx: Path, calib: Path, work: Path) -> None:
     pytest.importorskip("nncf")
     ov = pytest.importorskip("openvino")
