@@ -1,8 +1,8 @@
 """The TensorRT runner's own logic, on a fake TensorRT and fake CUDA memory (tests/fake_tensorrt.py):
-every output by name (and `infer` copying back only the one it returns), CUDA-graph capture and replay per input shape, the fallback when a
-capture fails, the lean-runtime switch with and without a manifest, and the precision a
-TF32 engine is judged in. TensorRT and a GPU are not here; the real runs are the `tensorrt`
-tests in tests/export/test_tensorrt.py."""
+every output by name (`infer` copying back only the one it returns), CUDA-graph capture and
+replay per input shape, the fallback when a capture fails, the lean-runtime switch with and
+without a manifest, and the precision a TF32 engine is judged in. TensorRT and a GPU are not
+here; the real runs are the `tensorrt` tests in tests/export/test_tensorrt.py."""
 
 from __future__ import annotations
 
