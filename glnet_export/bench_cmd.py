@@ -21,7 +21,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from .bench_formats_cmd import bench_formats
-from .common import checked_output, err, fail, handle_errors, human_bytes, out, write_json
+from .common import checked_output, err, fail, handle_errors, mib, out, warn_about_the_machine, write_json
 
 MODEL_FLAGS = ("--model", "-m")
 
@@ -91,10 +91,6 @@ def _ms(value: float | None, spec: str = ".2f") -> str:
     return "-" if value is None or value != value else format(value, spec)
 
 
-def _mib(value: float | None) -> str:
-    return "-" if value is None else human_bytes(int(value * 2**20))
-
-
 def results_table(benches: list[Any], title: str) -> Table:
     gpu = any(r.gpu_compute for b in benches for r in b.results)
     streams = any(r.mode == "throughput" for b in benches for r in b.results)
@@ -142,11 +138,11 @@ def edge_table(benches: list[Any], title: str) -> Table:
             notes.setdefault(reason, str(len(notes) + 1))
             return f"n/a ({notes[reason]})"
 
-        row = [b.name, "x".join(map(str, b.edge_shape)) or "-", _mib(b.file_mb),
+        row = [b.name, "x".join(map(str, b.edge_shape)) or "-", mib(b.file_mb),
                cell(_ms(b.load_seconds, ".2f"), "load_seconds"), cell(_ms(b.first_inference_ms, ".1f"),
                                                                       "first_inference_ms"),
-               cell(_mib(b.peak_rss_mb), "peak_rss_mb"), _mib(b.baseline_rss_mb)]
-        row += [cell(_mib(b.gpu_memory_mb), "gpu_memory_mb")] if gpu else []
+               cell(mib(b.peak_rss_mb), "peak_rss_mb"), mib(b.baseline_rss_mb)]
+        row += [cell(mib(b.gpu_memory_mb), "gpu_memory_mb")] if gpu else []
         row += [cell(_ms(b.energy_mj_per_image, ".1f"), "energy_mj_per_image"), _ms(b.avg_power_w, ".1f")]
         table.add_row(*row)
     table.caption = ("load: runtimes.load + compiling the shape, first: the first inference after it, peak RSS: "
@@ -222,11 +218,8 @@ def run(
         raise fail(f"--plot {plot_path}: the plot is a PNG; name the file .png")
     to_stdout = json_path is not None and str(json_path) == "-"
     device_info = collect_device_info(threads)
-    if device_info.busy_cpus and device_info.busy_cpus > 0.25:
-        err.print(f"[yellow]WARNING:[/] other processes keep {device_info.busy_cpus:.1f} CPUs busy: timings will be "
-                  "noisy (and multi-threaded PyTorch or CPU runtimes much slower than on an idle machine)")
-    if device_info.clock_warning():
-        err.print(f"[yellow]WARNING:[/] {escape(device_info.clock_warning())}", soft_wrap=True)
+    warn_about_the_machine(device_info, " (and multi-threaded PyTorch or CPU runtimes much slower than on an idle "
+                                        "machine)")
     benches, failed, progress = [], [], LazyProgress()
     try:
         for path in artifacts:

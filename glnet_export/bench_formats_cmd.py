@@ -11,7 +11,17 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import checked_output, err, handle_errors, human_bytes, model_from_options, out, write_json
+from .common import (
+    checked_output,
+    err,
+    handle_errors,
+    human_bytes,
+    mib,
+    model_from_options,
+    out,
+    warn_about_the_machine,
+    write_json,
+)
 
 STATUS_STYLE = {"ok": "green", "FAILED": "red", "error": "red", "skipped": "yellow"}
 
@@ -39,7 +49,7 @@ def suite_table(result: Any, title: str) -> Table:
                       _num(r.p50_ms, ".1f"), _num(r.throughput, ".1f"),
                       _num(r.p50_ms / eager if eager and r.p50_ms else None, ".2f"),
                       _num(r.load_seconds, ".2f"), _num(r.first_inference_ms, ".1f"),
-                      human_bytes(int(r.peak_rss_mb * 2**20)) if r.peak_rss_mb is not None else "-",
+                      mib(r.peak_rss_mb),
                       _num(r.export_s if r.export_s else None, ".1f"))
     table.caption = ("max abs err and top-1 against PyTorch on the sample photographs and random inputs; p50 from "
                      "all formats timed in alternation; vs eager: p50 / PyTorch's p50 (below 1: faster than eager); "
@@ -104,10 +114,7 @@ def bench_formats(
     options.validate()
     net, sha256 = model_from_options(model, checkpoint, use_ema=use_ema)
     device = collect_device_info(threads)
-    if device.busy_cpus and device.busy_cpus > 0.25:
-        err.print(f"[yellow]WARNING:[/] other processes keep {device.busy_cpus:.1f} CPUs busy: timings will be noisy")
-    if device.clock_warning():
-        err.print(f"[yellow]WARNING:[/] {escape(device.clock_warning())}", soft_wrap=True)
+    warn_about_the_machine(device)
     with err.status(f"benchmarking {model}") as status:
         result = run_suite(net, options, checkpoint_sha256=sha256, progress=status.update)
     report = BenchReport("benchmark", device, jsonable(options), result.artifacts,

@@ -109,6 +109,21 @@ def openvino_precision(value: str, option: str) -> str | None:
     return INFER_PRECISIONS[value]
 
 
+def mib(value: float | None) -> str:
+    """A size given in MiB (the bench figures), readably; "-" when not measured."""
+    return "-" if value is None else human_bytes(int(value * 2**20))
+
+
+def warn_about_the_machine(device: Any, busy_consequence: str = "") -> None:
+    """One warning line each for what makes timings on this machine unsteady: other processes
+    busy on the CPUs, a Jetson whose clocks are not locked (`bench.sysinfo.DeviceInfo`)."""
+    if device.busy_cpus and device.busy_cpus > 0.25:
+        err.print(f"[yellow]WARNING:[/] other processes keep {device.busy_cpus:.1f} CPUs busy: timings will be "
+                  f"noisy{busy_consequence}")
+    if device.clock_warning():
+        err.print(f"[yellow]WARNING:[/] {escape(device.clock_warning())}", soft_wrap=True)
+
+
 def human_bytes(n: int) -> str:
     size = float(n)
     for unit in ("B", "KB", "MB", "GB"):
