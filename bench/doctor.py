@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from artifacts.tegra import meminfo_bytes, read_text
+
 from .jetson import L4TRelease, Run, parse_nv_tegra_release, read_clock_state, read_power_mode
 from .sysinfo import _command as run_command  # stdout, or "" when missing, failing or too slow
 from .sysinfo import memory_bytes
@@ -117,16 +119,9 @@ class DoctorEnv:
     cpu_only: bool = False  # TensorRT and CUDA are not needed: their checks inform instead of failing
 
 
-def _read(path: Path | None) -> str:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace") if path is not None else ""
-    except OSError:
-        return ""
-
-
 def hides_system_packages(venv_config: Path | None) -> bool:
     """A virtual environment made without --system-site-packages cannot import JetPack's TensorRT."""
-    match = re.search(r"^include-system-site-packages\s*=\s*(\S+)", _read(venv_config), re.MULTILINE)
+    match = re.search(r"^include-system-site-packages\s*=\s*(\S+)", read_text(venv_config), re.MULTILINE)
     return venv_config is not None and (match is None or match.group(1).lower() != "true")
 
 
@@ -198,13 +193,8 @@ def check_clocks(env: DoctorEnv) -> Check:
     return Check("clocks", "warn", state.describe() + ": timings will vary", "sudo jetson_clocks")
 
 
-def available_bytes(meminfo: Path) -> int | None:
-    match = re.search(r"^MemAvailable:\s+(\d+)\s*kB", _read(meminfo), re.MULTILINE)
-    return int(match.group(1)) * 1024 if match else None
-
-
 def check_memory(env: DoctorEnv) -> Check:
-    free, total = available_bytes(env.meminfo), memory_bytes(env.meminfo)
+    free, total = meminfo_bytes("MemAvailable", env.meminfo), memory_bytes(env.meminfo)
     if free is None:
         return Check("memory", "info", f"no MemAvailable in {env.meminfo}")
     found = f"{free / 2**30:.1f} GiB available" + (f" of {total / 2**30:.1f} GiB" if total else "")
@@ -229,7 +219,7 @@ def check_cpu_backends(env: DoctorEnv) -> list[Check]:
 
 def run_doctor(env: DoctorEnv | None = None) -> DoctorReport:
     env = env or DoctorEnv()
-    release = parse_nv_tegra_release(_read(env.nv_tegra_release))
+    release = parse_nv_tegra_release(read_text(env.nv_tegra_release))
     checks = [check_jetpack(release), check_tensorrt(env, release), check_cuda(env, release)]
     if release is not None:  # nvpmodel and jetson_clocks exist on a Jetson only
         checks += [check_power_mode(env), check_clocks(env)]

@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from artifacts.tegra import read_text
+
 MIB = 2**20
 MARKER = "glnet-export-edge: "
 STATUS = Path("/proc/self/status")
@@ -55,12 +57,8 @@ class EdgeFigures:
 
 def memory_kib(status: Path = STATUS) -> dict[str, int]:
     """The Vm* lines of /proc/self/status in KiB (VmRSS: resident now, VmHWM: its peak)."""
-    try:
-        text = status.read_text(encoding="utf-8")
-    except OSError:
-        return {}
     out = {}
-    for line in text.splitlines():
+    for line in read_text(status).splitlines():
         key, _, value = line.partition(":")
         if key.startswith("Vm") and value.strip().endswith("kB"):
             out[key] = int(value.split()[0])

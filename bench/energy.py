@@ -30,6 +30,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from artifacts.tegra import read_text
+
 POWERCAP = Path("/sys/class/powercap")
 TEGRASTATS = ("tegrastats", "--interval", "100")
 TOTAL_RAILS = ("VDD_IN", "POM_5V_IN")  # the module's input, where the board measures it
@@ -99,21 +101,14 @@ def rapl_domains(root: Path = POWERCAP) -> list[RaplDomain]:
     for zone in sorted(root.glob("intel-rapl:*")):
         if zone.name.count(":") != 1 or not (zone / "energy_uj").exists():
             continue
-        name = _text(zone / "name") or zone.name
+        name = read_text(zone / "name").strip() or zone.name
         try:
-            max_uj = int(_text(zone / "max_energy_range_uj") or 0)
+            max_uj = int(read_text(zone / "max_energy_range_uj").strip() or 0)
         except ValueError:
             max_uj = 0
         found.append(RaplDomain(name, zone / "energy_uj", max_uj))
     packages = [d for d in found if d.name.startswith("package")]
     return packages or [d for d in found if d.name != "psys"]
-
-
-def _text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except OSError:
-        return ""
 
 
 def unwrap(before: int, after: int, max_uj: int) -> int:

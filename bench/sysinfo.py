@@ -22,7 +22,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .jetson import read_clock_state, read_power_mode
+from artifacts.tegra import board_model, is_jetson, meminfo_bytes, read_text
+
+from .jetson import parse_nv_tegra_release, read_clock_state, read_power_mode
 
 LIBRARIES = ("glnet-export", "torch", "numpy", "onnx", "onnxruntime", "openvino", "nncf", "tensorrt")
 # CPU features that change which kernels (and precisions) the runtimes pick.
@@ -95,13 +97,6 @@ class DeviceInfo:
         return ""
 
 
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-
-
 def _command(*argv: str, timeout: float = 5.0) -> str:
     """stdout of a command, or "" when it is missing or fails (nvidia-smi without a driver)."""
     if shutil.which(argv[0]) is None:
@@ -115,7 +110,7 @@ def _command(*argv: str, timeout: float = 5.0) -> str:
 
 def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, int | None, list[str]]:
     """(model name, physical cores, notable flags) from /proc/cpuinfo, with portable fallbacks."""
-    text = _read(cpuinfo)
+    text = read_text(cpuinfo)
     cores, flags = set(), set()
     for block in text.split("\n\n"):  # one block per logical CPU
         fields = dict((k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in block.splitlines()))
@@ -130,7 +125,7 @@ def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, int | None, li
 
 def cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
     """The cgroup v2 CPU limit (cpu.max "quota period"), None when there is none."""
-    quota, _, period = _read(root / "cpu.max").strip().partition(" ")
+    quota, _, period = read_text(root / "cpu.max").strip().partition(" ")
     if not quota or quota == "max" or not period:
         return None
     try:
@@ -140,9 +135,9 @@ def cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
 
 
 def memory_bytes(meminfo: Path = Path("/proc/meminfo")) -> int | None:
-    match = re.search(r"^MemTotal:\s+(\d+)\s*kB", _read(meminfo), re.MULTILINE)
-    if match:
-        return int(match.group(1)) * 1024
+    total = meminfo_bytes("MemTotal", meminfo)
+    if total is not None:
+        return total
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
@@ -173,25 +168,17 @@ def gpu_info() -> list[GpuInfo]:
     return gpus
 
 
-def is_jetson(board_model: str, l4t_release: str) -> bool:
-    """Any ARM board has a device-tree model (a Raspberry Pi, an ARM server): only a Jetson
-    names itself so or has an L4T release."""
-    return bool(l4t_release) or any(word in board_model.lower() for word in ("jetson", "tegra"))
-
-
 def jetson_info(device_tree: Path = Path("/proc/device-tree/model"),
                 release: Path = Path("/etc/nv_tegra_release")) -> tuple[str, str, str]:
     """(board model, nvpmodel power mode, L4T release); empty strings off a Jetson."""
-    model = _read(device_tree).replace("\x00", "").strip()
     mode = read_power_mode(_command)
-    power = str(mode) if mode else ""
-    l4t = _read(release).splitlines()
-    return model, power, (l4t[0].lstrip("# ").strip() if l4t else "")
+    l4t = parse_nv_tegra_release(read_text(release))
+    return board_model(device_tree), (str(mode) if mode else ""), (l4t.line if l4t else "")
 
 
 def _cpu_ticks(stat: Path = Path("/proc/stat")) -> tuple[float, float] | None:
     """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
-    fields = _read(stat).split("\n", 1)[0].split()
+    fields = read_text(stat).split("\n", 1)[0].split()
     if not fields or fields[0] != "cpu":
         return None
     ticks = [int(v) for v in fields[1:]]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from jetson_recorded import FakeRun, recorded
 
+from artifacts.tegra import meminfo_bytes, read_text
 from bench import sysinfo
 from bench.jetson import (
     L4TRelease,
@@ -37,6 +38,21 @@ def test_a_release_the_table_does_not_know_is_placed_by_its_major_only() -> None
     assert L4TRelease(35, "6.0", "").jetpack == "5.1.4" and L4TRelease(35, "9.0", "").jetpack == "5.x"
     assert L4TRelease(41, "1.0", "").describe() == "L4T R41.1.0 (JetPack unknown)"
     assert parse_nv_tegra_release("") is None and parse_nv_tegra_release("Ubuntu 22.04") is None
+
+
+def test_one_reader_of_the_system_files_for_every_layer(tmp_path: Path) -> None:
+    """artifacts.tegra reads /proc/meminfo and the release file for export, sysinfo and doctor alike."""
+    meminfo, release = tmp_path / "meminfo", tmp_path / "nv_tegra_release"
+    meminfo.write_text(recorded("meminfo_ci_machine.txt"))
+    assert meminfo_bytes("MemTotal", meminfo) == 24731400 * 1024 == sysinfo.memory_bytes(meminfo)
+    assert meminfo_bytes("MemAvailable", meminfo) == 22302360 * 1024
+    assert meminfo_bytes("MemAvailable", tmp_path / "absent") is None and read_text(None) == ""
+    # bench records the release line the doctor parses, also where a comment comes first
+    release.write_text("# a note\n" + recorded("nv_tegra_release_r36.4.3.txt"))
+    parsed = parse_nv_tegra_release(read_text(release))
+    assert parsed is not None and JETSON_INFO(tmp_path / "model", release)[2] == parsed.line
+    release.write_text("not a release\n")  # a file that names no release: no release recorded
+    assert JETSON_INFO(tmp_path / "model", release)[2] == ""
 
 
 def test_nvpmodel_plain_and_verbose() -> None:
