@@ -10,18 +10,20 @@ metadata the exporter stored in it. So an application needs no knowledge of GLNe
 One Predictor may be called from many threads at once. Runners that say they are
 `thread_safe` are called directly (onnxruntime's `InferenceSession.run` is thread-safe;
 the OpenVINO runner lends each concurrent call its own infer request from a pool);
-anything else (TensorRT: one execution context and one stream) runs one call at a time
-under a lock.
+anything else (TensorRT: one execution context and one stream) runs one request at a time
+under a lock. A list of images runs through `Runner.infer_all_batched`: `max_batch` a call,
+or exactly the batch of a fixed-batch artifact.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import numpy as np
 from PIL import Image
@@ -69,10 +71,12 @@ class Predictor:
             self.min_side = min_side if min_side is not None else math.ceil(min(self.metadata.input_size) / 4)
             self.output_names = tuple(spec.name for spec in self.runner.outputs)
             self.labels = labels_for(self.metadata.labels, self.metadata.num_classes)
-            fixed = self.runner.inputs[0].shape[0] if self.runner.inputs else None
-            self._fixed_batch = fixed if isinstance(fixed, int) else None
-            self.max_batch = self._fixed_batch or max_batch
-            self._call = self._executor()
+            self.max_batch = max_batch
+            # One TensorRT execution context must not run two calls at once (the GPU would
+            # serialise them anyway); onnxruntime's shared session and OpenVINO's request pool
+            # are called directly.
+            self._lock: contextlib.AbstractContextManager[Any] = (
+                contextlib.nullcontext() if self.runner.thread_safe else threading.Lock())
         except BaseException:
             self.runner.close()
             raise
@@ -116,7 +120,8 @@ class Predictor:
 
     def run(self, batch: np.ndarray) -> Outputs:
         """Raw inference on a preprocessed N x 3 x H x W float32 batch; every output by name."""
-        return self._call(batch)
+        with self._lock:
+            return self.runner.infer_all(batch)
 
     def close(self) -> None:
         self.runner.close()
@@ -155,31 +160,9 @@ class Predictor:
                 batch.append(self.preprocess(item)[0])
             except ImageError as exc:
                 raise ImageError(f"image {i + 1} of {len(items)}: {exc}" if len(items) > 1 else str(exc)) from None
-        results: list[Outputs] = []
-        for start in range(0, len(batch), self.max_batch):
-            chunk = batch[start:start + self.max_batch]
-            n = len(chunk)
-            if self._fixed_batch and n < self._fixed_batch:  # fill a fixed batch, drop the filler after
-                chunk += [np.zeros_like(chunk[0])] * (self._fixed_batch - n)
-            outputs = self._call(np.stack(chunk))
-            results += [{name: out[j] for name, out in outputs.items()} for j in range(n)]
-        return results
-
-    # -- concurrency ----------------------------------------------------------------
-
-    def _executor(self) -> Callable[[np.ndarray], Outputs]:
-        runner = self.runner
-        if runner.thread_safe:  # onnxruntime's shared session, OpenVINO's request pool
-            return runner.infer_all
-        # One TensorRT execution context must not run two calls at once; the GPU would
-        # serialise them anyway.
-        lock = threading.Lock()
-
-        def locked(x: np.ndarray) -> Outputs:
-            with lock:
-                return runner.infer_all(x)
-
-        return locked
+        with self._lock:
+            outputs = self.runner.infer_all_batched(np.stack(batch), self.max_batch)
+        return [{name: out[j] for name, out in outputs.items()} for j in range(len(batch))]
 
 
 def _as_list(images: ImageInput | Sequence[ImageInput]) -> tuple[bool, list[ImageInput]]:

@@ -101,7 +101,7 @@ class _Scores:
 
     def run(self, x: np.ndarray) -> None:
         start = time.perf_counter()
-        logits = _logits(self.runner, x)
+        logits = np.asarray(self.runner.infer_batched(x), dtype=np.float32)
         self.seconds += time.perf_counter() - start
         self.top.append(top_k(logits, 5))
 
@@ -226,22 +226,6 @@ def _preprocessing(meta: ArtifactMetadata) -> tuple[object, ...]:
 def _describe(meta: ArtifactMetadata) -> str:
     h, w = meta.input_size
     return f"{h}x{w}, crop {meta.crop_pct}, {meta.interpolation}"
-
-
-def _logits(runner: Runner, x: np.ndarray) -> np.ndarray:
-    """The runner's logits for `x`; a fixed-batch artifact gets its own batch size, the last
-    one filled with copies of the last image (their outputs dropped)."""
-    fixed = runner.inputs[0].shape[0] if runner.inputs else None
-    if not isinstance(fixed, int) or fixed == len(x):
-        return np.asarray(runner.infer(x), dtype=np.float32)
-    parts = []
-    for start in range(0, len(x), fixed):
-        chunk = x[start:start + fixed]
-        n = len(chunk)
-        if n < fixed:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - n, axis=0)])
-        parts.append(np.asarray(runner.infer(chunk), dtype=np.float32)[:n])
-    return np.concatenate(parts)
 
 
 def _reference_name(reference: GLNet | None, checkpoint: Path | None) -> str | None:

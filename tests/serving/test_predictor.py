@@ -104,6 +104,42 @@ def test_features_gives_the_raw_outputs(predictor: Predictor, photos: list[Path]
     assert raw["logits"].shape == (1, 1000)
 
 
+def test_a_fixed_batch_artifact_gets_its_own_batch(small_arrays: list[np.ndarray], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A list runs through the runner in calls of the artifact's fixed batch (the filler's
+    outputs dropped), each image classified as it is alone; on a fake runner that says it
+    is not thread-safe, as TensorRT's."""
+    import runtimes
+    from artifacts.metadata import ArtifactMetadata
+    from runtimes.base import Runner, TensorSpec
+
+    class FixedBatch(Runner):
+        backend = "fake"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.metadata = ArtifactMetadata(model="glnet_tiny", num_classes=10, input_size=(32, 32), labels="")
+            self.inputs = [TensorSpec("input", (4, 3, 32, 32), "float32")]
+            self.outputs = [TensorSpec("logits", (4, 10), "float32")]
+            self.calls: list[int] = []
+
+        def _infer(self, x: np.ndarray) -> np.ndarray:
+            self.calls.append(len(x))
+            return x.reshape(len(x), -1)[:, ::97][:, :10] * 3  # ten pixels: each image its own scores
+
+    fake = FixedBatch()
+    monkeypatch.setattr(runtimes, "load", lambda *_a, **_k: fake)
+    with Predictor(tmp_path / "fixed.engine", max_batch=3) as predictor:
+        images = (small_arrays * 3)[:5]
+        together = predictor.predict(images, top_k=3)
+        assert fake.calls == [4, 4]
+        alone = [_one(predictor.predict(image, top_k=3)) for image in images]
+    assert isinstance(together, list)
+    for many, one in zip(together, alone, strict=True):
+        assert [c.index for c in many.top] == [c.index for c in one.top]
+        np.testing.assert_allclose([c.probability for c in many.top], [c.probability for c in one.top], rtol=1e-6)
+
+
 def _hammer(predictor: Predictor, inputs: list[np.ndarray], threads: int = 8, calls: int = 50
             ) -> tuple[list[list[tuple[int, float]]], list[BaseException]]:
     """`threads` threads, released together, each making `calls` calls over the inputs."""
