@@ -139,6 +139,31 @@ class EngineManifest:
                                 f"({exc.__class__.__name__}: {exc})") from None
 
 
+@dataclass(frozen=True)
+class BuildDevice:
+    """The TensorRT and GPU a file was made with (recorded beside it), or this machine's."""
+
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str  # "8.7"
+
+    def describe(self) -> str:
+        return f"TensorRT {self.tensorrt_version} on {self.gpu_name} (compute capability {self.compute_capability})"
+
+
+@dataclass(frozen=True)
+class DeviceMatch:
+    """How a recorded BuildDevice compares with this machine's (`device_match`)."""
+
+    tensorrt: bool  # this TensorRT can use what the recorded one wrote
+    compute_capability: bool
+    gpu_name: bool  # the very GPU model; False alone is only worth a note
+
+    @property
+    def usable(self) -> bool:
+        return self.tensorrt and self.compute_capability
+
+
 def _runs_version_compatible(built: tuple[int, ...], here: tuple[int, ...]) -> bool:
     # Later runtimes of the same major version, and TensorRT 10 engines on TensorRT 11.
     if here[:3] < built[:3]:
@@ -146,17 +171,40 @@ def _runs_version_compatible(built: tuple[int, ...], here: tuple[int, ...]) -> b
     return here[0] == built[0] or (built[0], here[0]) in ((8, 10), (10, 11))
 
 
+def device_match(recorded: BuildDevice, here: BuildDevice, version_compatible: bool = False) -> DeviceMatch:
+    """The one rule for a TensorRT and GPU recorded beside a file (an engine's manifest, a
+    timing cache's record) against this machine's: the same TensorRT release (major.minor.patch;
+    also a later one for a version-compatible engine) and the same compute capability, or the
+    file is refused; another GPU name of the same compute capability is a note, not a refusal.
+
+    Both an engine plan and a timing cache are GPU-specific, yet the name decides for neither:
+    TensorRT refuses a plan across compute capabilities but loads it on another GPU model of the
+    same capability (an H100 PCIe and an H100 SXM share 9.0 under two names), so refusing on a
+    name would refuse engines that run; and a timing cache's own header names its device, which
+    TensorRT checks when the build attaches the cache strictly (export.tensorrt,
+    ignore_mismatch=False). So what is refused here is what TensorRT refuses too, said in one
+    line before any slow work, and another GPU's name is said as a note."""
+    built, now = parse_version(recorded.tensorrt_version), parse_version(here.tensorrt_version)
+    same_trt = _runs_version_compatible(built, now) if version_compatible else built[:3] == now[:3]
+    return DeviceMatch(same_trt, recorded.compute_capability == here.compute_capability,
+                       recorded.gpu_name == here.gpu_name)
+
+
+def _match(manifest: EngineManifest, trt_version: str, gpu_name: str, compute_capability: str) -> DeviceMatch:
+    built_on = BuildDevice(manifest.tensorrt_version, manifest.gpu_name, manifest.compute_capability)
+    return device_match(built_on, BuildDevice(trt_version, gpu_name, compute_capability), manifest.version_compatible)
+
+
 def manifest_problems(manifest: EngineManifest, trt_version: str, gpu_name: str, compute_capability: str) -> list[str]:
     """Why the engine cannot run with this TensorRT and GPU (empty when it can)."""
     problems = []
-    built, here = parse_version(manifest.tensorrt_version), parse_version(trt_version)
-    if manifest.version_compatible:
-        if not _runs_version_compatible(built, here):
-            problems.append(f"it was built (version-compatible) with TensorRT {manifest.tensorrt_version}, "
-                            f"which TensorRT {trt_version} cannot run")
-    elif built[:3] != here[:3]:
+    match = _match(manifest, trt_version, gpu_name, compute_capability)
+    if not match.tensorrt and manifest.version_compatible:
+        problems.append(f"it was built (version-compatible) with TensorRT {manifest.tensorrt_version}, "
+                        f"which TensorRT {trt_version} cannot run")
+    elif not match.tensorrt:
         problems.append(f"it was built with TensorRT {manifest.tensorrt_version}, this is TensorRT {trt_version}")
-    if manifest.compute_capability != compute_capability:
+    if not match.compute_capability:
         problems.append(f"it was built for {manifest.gpu_name} (compute capability {manifest.compute_capability}), "
                         f"this GPU is {gpu_name} ({compute_capability})")
     return problems
@@ -169,7 +217,7 @@ def check_manifest(manifest: EngineManifest, engine: Path, trt_version: str, gpu
     if problems:
         raise ManifestError(f"{engine} cannot run here: {'; '.join(problems)}. Rebuild it on this machine with "
                             f"`glnet-export tensorrt {manifest.source_onnx}`")
-    if manifest.gpu_name != gpu_name:
+    if not _match(manifest, trt_version, gpu_name, compute_capability).gpu_name:
         return [f"{engine} was tuned on {manifest.gpu_name}; this is {gpu_name} (same compute capability: it runs, "
                 "but rebuilding here may be faster)"]
     return []

@@ -253,13 +253,11 @@ def build_engine(source: str | Path, output: str | Path | None = None, options: 
     gpu, capability, _ = cuda_device()
     here = TimingCacheOrigin(version, gpu, capability)
     cache_file = options.timing_cache
-    if cache_file is not None:
-        check_timing_cache(cache_file, here)  # before any slow work
+    notes = check_timing_cache(cache_file, here) if cache_file is not None else []  # before any slow work
     output = Path(output) if output else plan.source.with_suffix(".engine")
     check_writable(output)
     say = progress or (lambda _msg: None)
     start = time.perf_counter()
-    notes: list[str] = []
     if plan.jetson and not options.workspace_mb and plan.workspace_mb:
         notes.append(f"{plan.jetson}: builder workspace limited to {plan.workspace_mb} MB, a quarter of the memory "
                      "the CPU and GPU share (--workspace to change it)")

@@ -17,11 +17,13 @@ from pathlib import Path
 from artifacts.engine_manifest import (  # noqa: F401  (re-exported: the build side uses them by this name)
     MANIFEST_FORMAT,
     MIN_SIDE,
+    BuildDevice,
     EngineManifest,
     ManifestError,
     Profile,
     Shape,
     check_manifest,
+    device_match,
     format_shape,
     manifest_path,
     manifest_problems,
@@ -159,15 +161,8 @@ def layers_of_nodes(layers: Iterable[tuple[str, str]], nodes: Collection[str],
 # --- the timing cache and who wrote it: TensorRT times tactics on one GPU with one version
 
 @dataclass(frozen=True)
-class TimingCacheOrigin:
+class TimingCacheOrigin(BuildDevice):
     """Written beside a timing cache (CACHE.json): the TensorRT and GPU that timed it."""
-
-    tensorrt_version: str
-    gpu_name: str
-    compute_capability: str
-
-    def describe(self) -> str:
-        return f"TensorRT {self.tensorrt_version} on {self.gpu_name} (compute capability {self.compute_capability})"
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
@@ -177,22 +172,27 @@ def timing_cache_origin_path(cache: Path) -> Path:
     return cache.with_name(cache.name + ".json")
 
 
-def check_timing_cache(cache: Path, here: TimingCacheOrigin) -> None:
-    """Refuse, in one line, a timing cache written by another TensorRT version or GPU (its
-    times would pick this device's tactics); a cache with no record of its origin is
-    checked by TensorRT itself (set_timing_cache with ignore_mismatch=False)."""
+def check_timing_cache(cache: Path, here: BuildDevice) -> list[str]:
+    """Refuse, in one line, a timing cache written by another TensorRT version or for another
+    compute capability (its times would pick this device's tactics); return a note for another
+    GPU of the same capability (`device_match` says why that is no refusal here). A cache with
+    no record of its origin is checked by TensorRT itself (set_timing_cache with
+    ignore_mismatch=False)."""
     record = timing_cache_origin_path(cache)
     if not cache.is_file() or not record.is_file():
-        return
+        return []
     try:
         origin = TimingCacheOrigin(**json.loads(record.read_text(encoding="utf-8")))
     except (ValueError, TypeError) as exc:
         raise OptionError(f"{record}: not a timing cache record ({exc}); delete it and {cache.name}") from None
-    same = (parse_version(origin.tensorrt_version)[:3] == parse_version(here.tensorrt_version)[:3]
-            and origin.compute_capability == here.compute_capability and origin.gpu_name == here.gpu_name)
-    if not same:
+    match = device_match(origin, here)
+    if not match.usable:
         raise OptionError(f"--timing-cache {cache} was written by {origin.describe()}; this is {here.describe()}: "
                           "its timings would choose the wrong tactics here. Give another --timing-cache file")
+    if not match.gpu_name:
+        return [f"--timing-cache {cache} was timed on {origin.gpu_name}, this is {here.gpu_name} (same compute "
+                "capability); TensorRT checks the cache's device itself"]
+    return []
 
 
 def onnx_node_names(path: Path) -> set[str]:

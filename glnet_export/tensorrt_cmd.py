@@ -33,7 +33,8 @@ def tensorrt(
                                                   "GPU's memory; on a Jetson a quarter of the shared memory).")]
     = None,
     timing_cache: Annotated[Path | None, typer.Option(help="Timing cache file, read and updated; refused when "
-                                                      "another TensorRT version or GPU wrote it.")] = None,
+                                                      "another TensorRT version or compute capability wrote it.")]
+    = None,
     version_compatible: Annotated[bool, typer.Option(help="Build an engine later TensorRT versions can run.")] = False,
     typing_mode: Annotated[str, typer.Option("--typing", help="auto | strong | weak (TensorRT 10 builder flags).")]
     = "auto",

@@ -5,6 +5,7 @@ onnxruntime."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib.util
 import json
 import re
@@ -23,6 +24,7 @@ from typer.testing import CliRunner
 
 import runtimes
 from artifacts.backends import TRT_MISSING, BackendUnavailableError, tensorrt_available
+from artifacts.engine_manifest import BuildDevice, device_match
 from artifacts.errors import OptionError
 from artifacts.metadata import ArtifactMetadata
 from export.tensorrt import TensorRTBuildOptions, plan_build
@@ -30,14 +32,17 @@ from export.trt_profiles import (
     EngineManifest,
     ManifestError,
     Profile,
+    TimingCacheOrigin,
     check_manifest,
     check_opset,
+    check_timing_cache,
     default_profile,
     manifest_path,
     manifest_problems,
     parse_shape,
     parse_version,
     resolve_profile,
+    timing_cache_origin_path,
 )
 from glnet_export.cli import app
 
@@ -140,6 +145,28 @@ def test_manifest_mismatches_stop_with_one_clear_line() -> None:
     assert "\n" not in line and "TensorRT 10.3.0.30" in line and "8.6" in line and "Rebuild" in line
     warnings = check_manifest(m, Path("m.engine"), "10.3.0.30", "Orin 2", "8.7")
     assert len(warnings) == 1 and "tuned on Orin (nvgpu)" in warnings[0]
+
+
+def test_one_rule_for_a_recorded_tensorrt_and_gpu(tmp_path: Path) -> None:
+    """The engine's manifest and the timing cache's record are judged by device_match alike."""
+    here = BuildDevice("10.3.0.26", "Orin (nvgpu)", "8.7")
+    cache = tmp_path / "t.cache"
+    cache.write_bytes(b"timed")
+    for recorded, usable in ((BuildDevice("10.3.0.30", "Orin 2", "8.7"), True),
+                             (BuildDevice("10.4.0.26", "Orin (nvgpu)", "8.7"), False),
+                             (BuildDevice("10.3.0.30", "NVIDIA A10", "8.6"), False)):
+        assert device_match(recorded, here).usable is usable
+        m = _manifest(tensorrt_version=recorded.tensorrt_version, gpu_name=recorded.gpu_name,
+                      compute_capability=recorded.compute_capability)
+        assert (manifest_problems(m, here.tensorrt_version, here.gpu_name, here.compute_capability) == []) is usable
+        timing_cache_origin_path(cache).write_text(TimingCacheOrigin(*dataclasses.astuple(recorded)).to_json())
+        if usable:
+            assert len(check_timing_cache(cache, here)) == 1  # another GPU name: a note from both
+            assert len(check_manifest(m, Path("m.engine"), *dataclasses.astuple(here))) == 1
+        else:
+            with pytest.raises(OptionError, match="was written by TensorRT"):
+                check_timing_cache(cache, here)
+    assert check_timing_cache(cache, BuildDevice("10.3.0.30", "NVIDIA A10", "8.6")) == []  # the very device
 
 
 def test_plan_build_reads_the_onnx_and_checks_options(tmp_path: Path) -> None:

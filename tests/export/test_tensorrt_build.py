@@ -84,6 +84,10 @@ def test_a_timing_cache_from_another_gpu_or_version_is_refused(monkeypatch: pyte
         line = str(info.value)
         assert "\n" not in line and "was written by TensorRT" in line and "Orin (nvgpu)" in line
         assert world.builds == builds and not (tmp_path / "c.fp16.onnx").exists()
+    # Another GPU of the same compute capability: the manifest's rule, a note (TensorRT checks the cache's device)
+    (tmp_path / "timing.cache.json").write_text(json.dumps({**origin, "gpu_name": "Orin 2"}))
+    result = build_engine(source, tmp_path / "e.engine", TensorRTBuildOptions(timing_cache=cache))
+    assert [n for n in result.notes if "timed on Orin 2, this is Orin (nvgpu)" in n] and world.builds > builds
     (tmp_path / "timing.cache.json").unlink()  # no record of who wrote it: TensorRT's own check decides
     world.accepts_cache = False
     with pytest.raises(OptionError, match="another TensorRT version or on another device"):
