@@ -86,8 +86,9 @@ class Runner(ABC):
         return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
     def prepare(self, shape: tuple[int, ...]) -> None:  # noqa: B027 - most back-ends have nothing to do
-        """Do the one-time work for inputs of `shape` now (OpenVINO compiles each shape), so
-        that the first call at that shape, a benchmark's cold run say, does not include it."""
+        """Do the one-time work for inputs of `shape` now (OpenVINO compiles each shape, TensorRT
+        with CUDA graphs captures each shape's graph), so that the first call at that shape, a
+        benchmark's cold run say, does not include it."""
 
     def close(self) -> None:
         if not self._closed:

@@ -10,9 +10,11 @@ feature engines keep their stage maps and slots.
 
 With `cuda_graph=True` the runner replays each input shape's enqueue as a CUDA graph, as
 `trtexec --useCudaGraph` does: on a Jetson's ARM cores a small batch is bound by the CPU
-launching kernels, and a graph launches them all at once. The first call at a shape runs
-normally and then captures; later calls at that shape copy the input into the same buffer
-and replay. A shape whose capture fails runs without a graph, with a note.
+launching kernels, and a graph launches them all at once. `prepare(shape)` runs the shape
+once and captures its graph ahead (a benchmark's cold run or an app's first request then
+replays); without it the first call at a shape runs normally and then captures. Later calls
+at that shape copy the input into the same buffer and replay. A shape whose capture fails
+runs without a graph, with a note.
 
 Before deserializing, the JSON manifest written beside the engine is checked against the
 installed TensorRT and the GPU, so a mismatch stops with one clear line instead of a
@@ -258,6 +260,25 @@ class TensorRTRunner(Runner):
         except Exception as exc:  # noqa: BLE001 - any failure: run this shape without a graph
             self.notes.append(f"CUDA graph capture failed at input {'x'.join(map(str, shape))} "
                               f"({one_line(exc)}): that shape runs without a CUDA graph")
+
+    def prepare(self, shape: tuple[int, ...]) -> None:
+        """With CUDA graphs: make the buffers of `shape`, run it once (on whatever the new input
+        buffer holds: TensorRT's per-shape setup must not be captured) and capture its graph
+        now, so that the first call at that shape replays. Without them nothing: the first
+        call makes the buffers (`bench` prepares this runner but times engines through its
+        own sessions, so buffers made here would only hold GPU memory)."""
+        if not self.cuda_graph:
+            return
+        if self._closed:
+            raise RuntimeInputError(f"{self.backend} runner is closed")
+        shape = tuple(int(d) for d in shape)
+        self._check_profile(self.inputs[0].name, shape)
+        with self._cuda.active():
+            binding = self._binding(shape)
+            if not binding.captured:
+                self._bind(shape, binding)
+                self._enqueue()
+                self._capture(shape, binding)
 
     def _run(self, x: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
         """Run on `x` and copy back only the outputs `names`: each copy is a device-to-host

@@ -1,8 +1,9 @@
 """The TensorRT runner's own logic, on a fake TensorRT and fake CUDA memory (tests/fake_tensorrt.py):
 every output by name (`infer` copying back only the one it returns), CUDA-graph capture and
-replay per input shape, the fallback when a capture fails, the lean-runtime switch with and
-without a manifest, and the precision a TF32 engine is judged in. TensorRT and a GPU are not
-here; the real runs are the `tensorrt` tests in tests/export/test_tensorrt.py."""
+replay per input shape (captured ahead of the first call by `prepare`), the fallback when a
+capture fails, the lean-runtime switch with and without a manifest, and the precision a TF32
+engine is judged in. TensorRT and a GPU are not here; the real runs are the `tensorrt` tests
+in tests/export/test_tensorrt.py."""
 
 from __future__ import annotations
 
@@ -85,6 +86,29 @@ def test_cuda_graphs_are_captured_once_per_shape_and_replay_new_inputs(monkeypat
         assert world.cuda[-1].captures == 0 and plain._context.enqueued == 3
 
 
+def test_prepare_captures_the_graph_before_the_first_call(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A benchmark's cold run or an app's first request replays a graph captured ahead."""
+    import runtimes
+
+    world = install(monkeypatch)
+    a, b = (1, 3, 64, 64), (2, 3, 32, 48)
+    with runtimes.load(_engine(tmp_path), cuda_graph=True) as runner:
+        cuda, context = world.cuda[-1], runner._context
+        runner.prepare(a)
+        runner.prepare(a)  # once per shape
+        assert cuda.captures == 1 and context.enqueued == 1 and cuda.replays == 0
+        for i, shape in enumerate([a, b, a]):
+            x = _x(shape, i)
+            np.testing.assert_allclose(runner.infer_all(x)["features"], 2 * x, rtol=1e-6)
+        # a: replays from its first call; b, not prepared: run + capture in the call, as before
+        assert cuda.replays == 2 and cuda.captures == 2 and context.enqueued == 2
+        with pytest.raises(runtimes.RuntimeInputError, match="outside the engine's profile"):
+            runner.prepare((8, 3, 64, 64))
+    with runtimes.load(_engine(tmp_path)) as plain:  # no graphs: nothing to do ahead
+        plain.prepare(a)
+        assert world.cuda[-1].memory == {} and plain._context.enqueued == 0
+
+
 def test_a_failed_capture_runs_that_shape_without_a_graph(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from runtimes.tensorrt import TensorRTRunner
 
@@ -96,6 +120,10 @@ def test_a_failed_capture_runs_that_shape_without_a_graph(monkeypatch: pytest.Mo
         assert runner._context.enqueued == 3 and world.cuda[-1].replays == 0
         failed = [n for n in runner.notes if "CUDA graph capture failed" in n]
         assert len(failed) == 1 and "1x3x64x64" in failed[0] and "not permitted" in failed[0]
+        runner.prepare((2, 3, 64, 64))  # a failure in prepare: noted once, and the calls run plain
+        runner.infer(_x((2, 3, 64, 64), 3))
+        failed = [n for n in runner.notes if "CUDA graph capture failed" in n]
+        assert runner._context.enqueued == 5 and len(failed) == 2 and world.cuda[-1].replays == 0
 
 
 @pytest.mark.parametrize("with_manifest", [True, False])
