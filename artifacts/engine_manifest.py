@@ -71,6 +71,10 @@ class Profile:
                 raise OptionError(f"axis {axis}: need min <= opt <= max, got {lo}, {mid}, {hi} "
                                   f"({format_shape(self.min)} / {format_shape(self.opt)} / {format_shape(self.max)})")
 
+    def accepts(self, shape: Shape) -> bool:
+        return len(shape) == len(self.min) and all(
+            lo <= d <= hi for d, lo, hi in zip(shape, self.min, self.max, strict=True))
+
     def to_dict(self) -> dict[str, Any]:
         return {"input": self.input, "min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
 

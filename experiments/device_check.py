@@ -191,16 +191,12 @@ def check_model(run: Run, name: str, work: Path, calib: Path, cache: Path) -> No
 
 
 def engine_shapes(manifest: Any) -> list[tuple[int, int, int, int]]:
-    """The shapes `glnet-export tensorrt` verifies an engine at: those its metadata asks for
-    (verification.metrics.shapes_to_verify) that its profile accepts, else the profile's optimum."""
+    """The shapes `glnet-export tensorrt` verifies an engine at (verification.metrics.shapes_to_verify_engine),
+    its metadata read from the engine's manifest."""
     from artifacts.metadata import ArtifactMetadata
-    from verification.metrics import shapes_to_verify
+    from verification.metrics import shapes_to_verify_engine
 
-    profile = manifest.profiles[0]
-    shapes = [s for s in shapes_to_verify(ArtifactMetadata.from_props(manifest.metadata), 1)
-              if all(lo <= d <= hi for d, lo, hi in zip(s, profile.min, profile.max, strict=True))]
-    opt = profile.opt
-    return shapes or [(opt[0], opt[1], opt[2], opt[3])]
+    return shapes_to_verify_engine(ArtifactMetadata.from_props(manifest.metadata), manifest.profiles[0])
 
 
 def compare_graphs(engine: Path, batches: tuple[int, ...] = (1, 8), rounds: int = 10) -> dict[str, Any]:

@@ -114,7 +114,7 @@ def _verify(source: Path, candidate: Path, profile: Any, threads: int | None) ->
     from artifacts.metadata import ArtifactMetadata, MetadataError
     from export.trt_profiles import onnx_input
     from verification.artifact import VerifyOptions, verify_artifact
-    from verification.metrics import shapes_to_verify
+    from verification.metrics import shapes_to_verify_engine
 
     try:
         meta = ArtifactMetadata.from_props(onnx_input(source)[3])
@@ -122,11 +122,8 @@ def _verify(source: Path, candidate: Path, profile: Any, threads: int | None) ->
         # --verify was asked for (it is the default): a silent "not verified" and exit 0 would read as a pass.
         raise fail(f"cannot verify: {source} carries no glnet-export metadata (input size, preprocessing); "
                    "export it with `glnet-export onnx`, or pass --no-verify") from None
-    # Only shapes the engine's profile accepts (the ONNX files take all of them).
-    shapes = [s for s in shapes_to_verify(meta, 1)
-              if all(lo <= d <= hi for d, lo, hi in zip(s, profile.min, profile.max, strict=True))]
-    with err.status("verifying against the source ONNX") as status:
-        options = VerifyOptions(threads=threads, shapes=shapes or [profile.opt])
+    with err.status("verifying against the source ONNX") as status:  # at shapes the engine's profile accepts
+        options = VerifyOptions(threads=threads, shapes=shapes_to_verify_engine(meta, profile))
         return verify_artifact(candidate, source, options, progress=status.update)
 
 

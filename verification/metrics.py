@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from artifacts.engine_manifest import Profile
 from artifacts.errors import one_line
 from artifacts.metadata import ArtifactMetadata
 from artifacts.preprocess import preprocess
@@ -124,6 +125,15 @@ def shapes_to_verify(meta: ArtifactMetadata, batch: int) -> list[tuple[int, int,
         odd_h, odd_w = max(33, h * 3 // 4) | 1, max(45, h * 5 // 4) | 1
         shapes.append((2, 3, odd_h, odd_w))
     return shapes
+
+
+def shapes_to_verify_engine(meta: ArtifactMetadata, profile: Profile,
+                            batch: int = 1) -> list[tuple[int, int, int, int]]:
+    """The shapes a TensorRT engine is verified at (`glnet-export tensorrt`, the device check):
+    those `shapes_to_verify` asks for that its profile accepts, else the profile's optimum."""
+    shapes = [s for s in shapes_to_verify(meta, batch) if profile.accepts(s)]
+    opt = profile.opt
+    return shapes or [(opt[0], opt[1], opt[2], opt[3])]
 
 
 def make_batches(

@@ -7,12 +7,15 @@ import math
 import numpy as np
 import pytest
 
+from artifacts.engine_manifest import Profile
 from artifacts.metadata import ArtifactMetadata
 from verification.metrics import (
     DEFAULT_TOLERANCES,
     check,
     compare_outputs,
     describe_flips,
+    shapes_to_verify,
+    shapes_to_verify_engine,
     tolerance_for,
     top1_flip_leads,
     verify,
@@ -110,3 +113,14 @@ def test_reduced_precisions_have_looser_defaults_and_overrides_win() -> None:
     assert not DEFAULT_TOLERANCES["int8"].judge_random, "int8 calibrates on photographs: random inputs only run"
     tol = tolerance_for("bf16", min_top1=0.99)
     assert tol.min_top1 == 0.99 and tol.max_rel == DEFAULT_TOLERANCES["bf16"].max_rel
+
+
+def test_an_engine_is_verified_at_the_shapes_its_profile_accepts() -> None:
+    """One filter for `glnet-export tensorrt` and experiments.device_check."""
+    meta = ArtifactMetadata("glnet_tiny", 10, input_size=(224, 224), dynamic="shape")
+    wide = Profile("input", (1, 3, 32, 32), (1, 3, 224, 224), (8, 3, 512, 512))
+    assert shapes_to_verify_engine(meta, wide) == shapes_to_verify(meta, 1)  # the ONNX checks, all accepted
+    batch_only = Profile("input", (1, 3, 224, 224), (2, 3, 224, 224), (4, 3, 224, 224))
+    assert shapes_to_verify_engine(meta, batch_only) == [(1, 3, 224, 224), (3, 3, 224, 224)]
+    static = Profile("input", (2, 3, 96, 96), (2, 3, 96, 96), (2, 3, 96, 96))  # accepts none of them
+    assert shapes_to_verify_engine(meta, static) == [(2, 3, 96, 96)] and not static.accepts((2, 3, 96))
