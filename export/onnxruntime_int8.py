@@ -168,17 +168,62 @@ def scheme_of(settings: Int8Settings) -> str:
     return f"Q/DQ, weights {weights}, activations {acts}, {settings.calibrate_method} calibration"
 
 
-def _read_source(source: Path, output: Path) -> tuple[onnx.ModelProto, ArtifactMetadata]:
+def output_for(source: Path, output_path: str | Path | None) -> Path:
+    """Where the int8 file of `source` goes (default: NAME_ort_int8.onnx beside it); one line
+    when that would overwrite the fp32 source or cannot be written, before any slow work."""
+    from .onnxruntime import default_output
+
+    output = Path(output_path) if output_path is not None else default_output(source, precision="int8")
+    if output.resolve() == source.resolve():
+        raise ExportError(f"{output}: would overwrite the fp32 source; choose another -o")
+    try:
+        check_writable(output)
+    except GlnetExportError as exc:
+        raise ExportError(str(exc)) from None
+    return output
+
+
+@dataclass
+class PreparedSource:
+    """The portable fp32 file as every quantization of it starts: read and checked, its nodes
+    named, `settings`' graph passes run and the nodes kept in float found. A search over what
+    stays in float (`export.onnxruntime_int8_budget`) prepares it once for all its candidates;
+    `quantize_prepared` quantizes a copy of `model`, which stays as prepared."""
+
+    path: Path
+    model: onnx.ModelProto
+    meta: ArtifactMetadata
+    settings: Int8Settings
+    passes: dict[str, int]
+    glmix: SensitiveNodes  # GLMix's clustering nodes, by role
+    attention: list[str]  # the slot attention's MatMuls (with settings.float_attention)
+    blocks: list[str]  # the GLNet blocks, in network order (only when asked for: a file may have no block map)
+    block_nodes: dict[str, list[str]]  # block -> its nodes after the passes (likewise)
+
+
+def prepare_source(source: Path, settings: Int8Settings = SETTINGS, blocks: bool = False) -> PreparedSource:
+    """`source` read once and made ready to quantize (PreparedSource); `blocks`: also list its
+    GLNet blocks (BlockMapError, naming the file, when it has no block map)."""
     from .onnxruntime import check_portable_fp32, metadata_of
 
     try:
-        check_writable(output)
         model = read_onnx(source)
     except GlnetExportError as exc:
         raise ExportError(str(exc)) from None
     meta = metadata_of(model, source)
     check_portable_fp32(meta, source)
-    return model, meta
+    known = list(block_nodes(model, source)) if blocks else []
+    for i, node in enumerate(model.graph.node):  # nodes_to_exclude works by name
+        node.name = node.name or f"unnamed_{node.op_type}_{i}"
+    passes: dict[str, int] = {}
+    if settings.fuse_layer_norms:
+        # One LayerNormalization node runs faster here than the ~10 elementwise nodes the
+        # deploy form spells out (export.passes.layer_norm): int8 CPU time 0.67 vs 0.70 of fp32.
+        passes["layer_norm"] = fuse_channel_layer_norms(model)
+    glmix = find_sensitive_nodes(model)
+    attention = attention_matmuls(model, set(glmix.softmaxes)) if settings.float_attention else []
+    in_blocks = block_nodes(model) if blocks else {}  # after the fusion: its nodes count too
+    return PreparedSource(source, model, meta, settings, passes, glmix, attention, known, in_blocks)
 
 
 def calibration_set(calib: CalibrationSet | Path | str, meta: ArtifactMetadata, count: int,
@@ -211,18 +256,31 @@ def quantize_onnxruntime_int8(onnx_path: str | Path, output_path: str | Path | N
     The metadata is the source's with precision int8, target onnxruntime, `quantization`
     saying what was quantized and `kept_float` every kept block (both groups, network order).
     """
-    from .onnxruntime import TARGET, default_output
+    source = Path(onnx_path)
+    output = output_for(source, output_path)
+    start = time.perf_counter()
+    prepared = prepare_source(source, settings, blocks=bool(keep_float or budget_blocks))
+    result = quantize_prepared(prepared, output, calib, calib_count, glmix_float, progress, keep_float,
+                               calibration_cache, budget_blocks)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def quantize_prepared(prepared: PreparedSource, output: Path, calib: CalibrationSet | str | Path,
+                      calib_count: int = DEFAULT_COUNT, glmix_float: bool = True, progress: Progress | None = None,
+                      keep_float: Sequence[str] = (), calibration_cache: Path | None = None,
+                      budget_blocks: Sequence[str] = ()) -> OrtInt8Result:
+    """`quantize_onnxruntime_int8` of a prepared source (`prepare_source`, with `blocks` when
+    `keep_float` or `budget_blocks` name any) into `output`, whose checks (`output_for`) are
+    the caller's."""
+    from .onnxruntime import TARGET
     from .passes import ONNXRUNTIME_REQUIRES
 
     say = progress or (lambda _msg: None)
-    source = Path(onnx_path)
-    output = Path(output_path) if output_path is not None else default_output(source, precision="int8")
-    if output.resolve() == source.resolve():
-        raise ExportError(f"{output}: would overwrite the fp32 source; choose another -o")
     start = time.perf_counter()
     notes: list[str] = []
-    model, meta = _read_source(source, output)
-    known = list(block_nodes(model, source)) if keep_float or budget_blocks else []
+    source, meta, settings, known = prepared.path, prepared.meta, prepared.settings, prepared.blocks
+    assert known or not (keep_float or budget_blocks), "blocks named: prepare_source(..., blocks=True)"
     user_blocks = resolve_blocks(keep_float, known) if keep_float else ()
     budget_only = [b for b in resolve_blocks(budget_blocks, known) if b not in user_blocks] if budget_blocks else []
     kept_blocks = tuple(sorted((*user_blocks, *budget_only), key=block_order))
@@ -233,20 +291,15 @@ def quantize_onnxruntime_int8(onnx_path: str | Path, output_path: str | Path | N
         notes.append(f"skipped {len(calib.skipped)} unreadable calibration file(s), e.g. {calib.skipped[0]}")
     if len(calib) < 50:
         notes.append(f"only {len(calib)} calibration images; 100-300 give steadier ranges")
-    for i, node in enumerate(model.graph.node):  # nodes_to_exclude works by name
-        node.name = node.name or f"unnamed_{node.op_type}_{i}"
-
-    passes: dict[str, int] = {}
-    if settings.fuse_layer_norms:
-        # One LayerNormalization node runs faster here than the ~10 elementwise nodes the
-        # deploy form spells out (export.passes.layer_norm): int8 CPU time 0.67 vs 0.70 of fp32.
-        passes["layer_norm"] = fuse_channel_layer_norms(model)
-    glmix = find_sensitive_nodes(model)
+    # quantize_static moves a ModelProto's weights to a file of its own temporary folder,
+    # emptying the proto it was given: each quantization gets its own copy.
+    model = onnx.ModelProto()
+    model.CopyFrom(prepared.model)
+    passes, glmix, attention, in_blocks = (dict(prepared.passes), prepared.glmix, prepared.attention,
+                                           prepared.block_nodes)
     sensitive = glmix if glmix_float else SensitiveNodes()
     if glmix_float and not sensitive.logits_matmuls:
         notes.append("no GLMix logits MatMul found: nothing is kept in float")
-    attention = attention_matmuls(model, set(glmix.softmaxes)) if settings.float_attention else []
-    in_blocks = block_nodes(model) if kept_blocks else {}  # after the fusion: its nodes count too
     block_float = [n for b in kept_blocks for n in in_blocks[b]]
     exclude = list(dict.fromkeys(sensitive.names + attention + block_float))
     say(f"calibrating on {len(calib)} images and quantizing (keeping {sensitive.describe()} in float)")
