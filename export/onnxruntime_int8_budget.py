@@ -19,8 +19,9 @@ onnxruntime's quantizer has no budget of its own; what it has is `nodes_to_exclu
    validation image, until the drop is within the budget. A setting with every block in
    float is not int8: reaching it means no setting meets the budget (BudgetNotMetError).
 
-The ranges are measured once (quantize_static's calibration cache): they do not depend on
-what is left out. Running candidate files in onnxruntime is part of this converter's search
+The source is read, checked and fused once (`export.onnxruntime_int8.prepare_source`) and
+the ranges are measured once (quantize_static's calibration cache): neither depends on what
+is left out. Running candidate files in onnxruntime is part of this converter's search
 (calibration runs onnxruntime too); `runtimes` stays out of export.
 """
 
@@ -34,12 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
-from artifacts.atomic import check_writable
 from artifacts.backends import import_onnxruntime
 from artifacts.calibration import DEFAULT_COUNT, CalibrationSet
-from artifacts.errors import ExportError
 from artifacts.labelled import balanced_sample
-from artifacts.onnx_blocks import block_nodes, describe_blocks, resolve_blocks
+from artifacts.onnx_blocks import describe_blocks, resolve_blocks
 from artifacts.onnx_file import read_onnx, save_onnx, set_metadata
 from artifacts.scoring import PairedChange
 
@@ -56,8 +55,16 @@ from .int8_budget import (
     top1,
     within,
 )
-from .onnxruntime import default_output, read_portable_metadata
-from .onnxruntime_int8 import SETTINGS, Int8Settings, OrtInt8Result, calibration_set, quantize_onnxruntime_int8
+from .onnxruntime_int8 import (
+    SETTINGS,
+    Int8Settings,
+    OrtInt8Result,
+    PreparedSource,
+    calibration_set,
+    output_for,
+    prepare_source,
+    quantize_prepared,
+)
 
 Progress = Callable[[str], None]
 RANKING_IMAGES = 64  # validation images each block's sensitivity is scored on
@@ -109,19 +116,16 @@ def quantize_onnxruntime_int8_within_budget(
     say = progress or (lambda _msg: None)
     start = time.perf_counter()
     source = Path(onnx_path)
-    output = Path(output_path) if output_path is not None else default_output(source, precision="int8")
-    if output.resolve() == source.resolve():
-        raise ExportError(f"{output}: would overwrite the fp32 source; choose another -o")
-    check_writable(output)
-    meta = read_portable_metadata(source)
-    blocks = list(block_nodes(read_onnx(source, load_external_data=False), source))
+    output = output_for(source, output_path)
+    prepared = prepare_source(source, settings, blocks=True)  # read, checked and fused once for every candidate
+    meta, blocks = prepared.meta, prepared.blocks
     user_kept = list(resolve_blocks(keep_float, blocks)) if keep_float else []
     calib_dir = calib.folder if isinstance(calib, CalibrationSet) else Path(calib)
     say(f"reading the validation images from {budget.data}")
     validation = load_validation(budget, meta, calib_dir)
     calib = calibration_set(calib, meta, calib_count, say)
     with tempfile.TemporaryDirectory(prefix="glnet-export-int8-budget-") as tmp:
-        search = _Search(source, Path(tmp), calib, validation, glmix_float, settings, user_kept, say)
+        search = _Search(prepared, Path(tmp), calib, validation, glmix_float, user_kept, say)
         chosen, kept, note = search.run(budget, blocks, user_kept)
         best, plain = search.tried[tuple(kept)], search.tried[tuple(user_kept)]
         speed, timing = 1.0, "the unconstrained int8 file itself: nothing more was kept in float"
@@ -152,15 +156,15 @@ def quantize_onnxruntime_int8_within_budget(
 class _Search:
     """The candidates of one search, each quantized once into its own temporary file."""
 
-    def __init__(self, source: Path, folder: Path, calib: CalibrationSet, validation: ValidationImages,
-                 glmix_float: bool, settings: Int8Settings, user_kept: Sequence[str], say: Progress) -> None:
+    def __init__(self, source: PreparedSource, folder: Path, calib: CalibrationSet, validation: ValidationImages,
+                 glmix_float: bool, user_kept: Sequence[str], say: Progress) -> None:
         self.source, self.folder, self.calib, self.validation = source, folder, calib, validation
         self.user_kept = list(user_kept)  # the --keep-float blocks: every candidate keeps them
-        self.glmix_float, self.settings, self.say = glmix_float, settings, say
+        self.glmix_float, self.say = glmix_float, say
         self.cache = folder / "calibration.json"  # quantize_static's ranges, measured by the first candidate
         self.tried: dict[tuple[str, ...], OrtInt8Result] = {}
         self.logits: dict[tuple[str, ...], np.ndarray] = {}
-        self.fp32_logits = _Session(source).logits(validation.images)
+        self.fp32_logits = _Session(source.path).logits(validation.images)
         self.ranked_on = 0
 
     def quantize(self, kept: Sequence[str]) -> OrtInt8Result:
@@ -168,8 +172,8 @@ class _Search:
         if key not in self.tried:
             path = self.folder / f"candidate_{len(self.tried)}.onnx"
             # The user's blocks and the search's apart: the file's words name each by its option.
-            self.tried[key] = quantize_onnxruntime_int8(
-                self.source, path, self.calib, glmix_float=self.glmix_float, settings=self.settings,
+            self.tried[key] = quantize_prepared(
+                self.source, path, self.calib, glmix_float=self.glmix_float,
                 keep_float=[b for b in kept if b in self.user_kept],
                 budget_blocks=[b for b in kept if b not in self.user_kept], calibration_cache=self.cache)
         return self.tried[key]
