@@ -107,8 +107,12 @@ def fill_blocks(order: Sequence[str], consumers: Mapping[str, Sequence[str]],
     return blocks
 
 
+def _node_ids(graph: onnx.GraphProto) -> list[str]:
+    return [node.name or f"#{i}" for i, node in enumerate(graph.node)]
+
+
 def _onnx_neighbours(graph: onnx.GraphProto) -> tuple[list[str], dict[str, list[str]], dict[str, list[str]]]:
-    ids = [node.name or f"#{i}" for i, node in enumerate(graph.node)]
+    ids = _node_ids(graph)
     made_by = {out: ids[i] for i, node in enumerate(graph.node) for out in node.output if out}
     consumers: dict[str, list[str]] = {n: [] for n in ids}
     producers: dict[str, list[str]] = {n: [] for n in ids}
@@ -159,20 +163,26 @@ def tag_blocks(model: onnx.ModelProto, known: Mapping[str, str] | None = None) -
     return len(blocks)
 
 
-def _node_blocks(model: onnx.ModelProto, where: object) -> tuple[list[str], dict[str, str]]:
+def node_blocks(model: onnx.ModelProto, where: object = "") -> dict[str, str]:
+    """Node id (its name, or `#i` for the i-th node when it has none) -> its block: the map
+    `block_nodes` and `block_outputs` read, for a caller that needs both to compute it once.
+    BlockMapError (naming `where`, the file) when the graph carries no block map."""
     graph = model.graph
     tags = _tags(graph)
     if not tags:
         raise BlockMapError(f"{where or 'the graph'}: no block map (no node carries the {BLOCK_KEY} key; "
                             "files exported before glnet-export recorded it have none): re-export it")
     ids, consumers, producers = _onnx_neighbours(graph)
-    return ids, fill_blocks(ids, consumers, producers, tags)
+    return fill_blocks(ids, consumers, producers, tags)
 
 
-def block_nodes(model: onnx.ModelProto, where: object = "") -> dict[str, list[str]]:
+def block_nodes(model: onnx.ModelProto, where: object = "", blocks: Mapping[str, str] | None = None
+                ) -> dict[str, list[str]]:
     """Block -> the names of its nodes, blocks in the order the network runs them, nodes in
-    graph order. BlockMapError (naming `where`, the file) when the graph carries no block map."""
-    ids, blocks = _node_blocks(model, where)
+    graph order. BlockMapError (naming `where`, the file) when the graph carries no block map.
+    `blocks`: `node_blocks(model)`, when the caller has it already."""
+    ids = _node_ids(model.graph)
+    blocks = node_blocks(model, where) if blocks is None else blocks
     found: dict[str, list[str]] = {}
     for node_id, node in zip(ids, model.graph.node, strict=True):
         if node.name and node_id in blocks:
@@ -180,13 +190,16 @@ def block_nodes(model: onnx.ModelProto, where: object = "") -> dict[str, list[st
     return {name: found[name] for name in sorted(found, key=block_order)}
 
 
-def block_outputs(model: onnx.ModelProto, where: object = "") -> dict[str, str]:
+def block_outputs(model: onnx.ModelProto, where: object = "", blocks: Mapping[str, str] | None = None
+                  ) -> dict[str, str]:
     """Block -> the tensor that carries its output on to the rest of the network, in order.
 
     That is, of the tensors a block makes that the next block reads (or that are graph
     outputs) and that carry image data (not sizes computed from Shape), the one made last:
-    the block's final residual Add, not the pooling matrices the next block shares."""
-    ids, blocks = _node_blocks(model, where)
+    the block's final residual Add, not the pooling matrices the next block shares.
+    `blocks`: `node_blocks(model)`, when the caller has it already."""
+    ids = _node_ids(model.graph)
+    blocks = node_blocks(model, where) if blocks is None else blocks
     graph = model.graph
     data = {i.name for i in graph.input} - {t.name for t in graph.initializer}
     for node in graph.node:  # what depends on the input's values (a Shape's output does not)

@@ -24,7 +24,7 @@ from artifacts.backends import import_openvino
 from artifacts.calibration import DEFAULT_COUNT, calibration_sizes, load_calibration
 from artifacts.errors import ExportError, OptionError, one_line
 from artifacts.metadata import ArtifactMetadata
-from artifacts.onnx_blocks import BlockMapError, block_nodes, block_outputs, resolve_blocks
+from artifacts.onnx_blocks import BlockMapError, block_nodes, block_outputs, node_blocks, resolve_blocks
 from artifacts.onnx_file import read_onnx
 from artifacts.openvino_ir import write_ir_block_outputs, write_ir_metadata
 
@@ -94,22 +94,23 @@ class OpenVinoResult:
         return self.xml
 
 
-def _ir_block_outputs(proto: Any) -> dict[str, tuple[str, int, str]]:
-    """Block -> (ONNX node, output index, tensor) of each block's output; {} without a block map."""
+def _onnx_block_map(proto: Any, onnx_path: Path, required: bool) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """The ONNX file's block map, computed once per conversion: block -> its nodes, and block
+    -> the tensor of its output; both {} for a file without one, unless `required` (the
+    blocks --keep-float names must exist: BlockMapError naming the file)."""
     try:
-        outputs = block_outputs(proto)
+        blocks = node_blocks(proto, onnx_path)
     except BlockMapError:
-        return {}
+        if required:
+            raise
+        return {}, {}
+    return block_nodes(proto, blocks=blocks), block_outputs(proto, blocks=blocks)
+
+
+def _ir_block_outputs(proto: Any, outputs: dict[str, str]) -> dict[str, tuple[str, int, str]]:
+    """Block -> (ONNX node, output index, tensor) of each block's `outputs` tensor."""
     made = {out: (node.name, i) for node in proto.graph.node for i, out in enumerate(node.output)}
     return {block: (*made[tensor], tensor) for block, tensor in outputs.items()}
-
-
-def _op_blocks(model: Any, proto: Any) -> dict[str, str]:
-    """Op (friendly name) -> its block, to name the blocks NNCF reverts; {} without a block map."""
-    try:
-        return {op: block for block, ops in block_ops(model, block_nodes(proto)).items() for op in ops}
-    except BlockMapError:
-        return {}
 
 
 def read_onnx_metadata(onnx_path: Path, proto: Any = None) -> ArtifactMetadata:
@@ -162,7 +163,7 @@ def convert_openvino(
     start = time.perf_counter()
     proto = read_onnx(onnx_path, load_external_data=False)  # the graph: metadata and block map
     meta = read_onnx_metadata(onnx_path, proto)
-    onnx_blocks = block_nodes(proto, onnx_path) if options.keep_float else {}
+    onnx_blocks, onnx_block_outputs = _onnx_block_map(proto, onnx_path, required=bool(options.keep_float))
     kept_blocks = resolve_blocks(options.keep_float, list(onnx_blocks))  # before minutes of work
     calib = None
     if options.precision == "int8":  # read the images before minutes of work, to fail early
@@ -182,7 +183,8 @@ def convert_openvino(
     quantization = None
     if calib is not None:
         say(f"quantizing to int8 with NNCF on {len(calib)} images")
-        ops = block_ops(model, onnx_blocks) if kept_blocks else {}
+        # Block -> its ops: the --keep-float blocks' ops stay float, NNCF's reverted ops are named by block.
+        ops = block_ops(model, onnx_blocks) if onnx_blocks and (kept_blocks or validation is not None) else {}
         in_blocks = [name for block in kept_blocks for name in ops[block]]
         check = None
         if validation is not None:
@@ -190,7 +192,7 @@ def convert_openvino(
             model, sensitive, check = quantize_int8_within_budget(
                 model, calib.samples, validation, options.budget, glmix_float=options.glmix_float,
                 depthwise=options.int8_depthwise, keep_float=in_blocks, compute=options.compute,
-                op_blocks=_op_blocks(model, proto), progress=say)
+                op_blocks={op: block for block, names in ops.items() for op in names}, progress=say)
         else:
             model, sensitive = quantize_int8(model, calib.samples, glmix_float=options.glmix_float,
                                              depthwise=options.int8_depthwise, keep_float=in_blocks)
@@ -224,7 +226,7 @@ def convert_openvino(
                                compute_precision="f32" if options.compute == "f32" else "", graph_passes=passes,
                                quantization=quantization, kept_float=kept_blocks)
     write_ir_metadata(model, meta)
-    write_ir_block_outputs(model, _ir_block_outputs(proto))
+    write_ir_block_outputs(model, _ir_block_outputs(proto, onnx_block_outputs))
     say(f"writing {xml} and {bin_path(xml).name}")
     # int8: keep the float parts' weights fp32 (quantized weights become int8 on save anyway).
     write_ir(model, xml, compress_to_fp16=options.precision == "fp16")
