@@ -150,10 +150,11 @@ class ArtifactBench:
     layers: LayerProfile | None = None
     layers_error: str = ""
     interrupted: bool = False
-    # What edge devices are sized by. Memory in MiB. Load, first inference and memory come
-    # from a fresh process at `edge_shape` (`bench.edge`); energy from the timed runs of that
-    # shape. None where not measured, the reason in `not_measured` under the field's name.
-    file_mb: float | None = None
+    # What edge devices are sized by. Memory in MiB. The file's size from `size_bytes` (None
+    # without a file). Load, first inference and memory come from a fresh process at
+    # `edge_shape` (`bench.edge`); energy from the timed runs of that shape. None where not
+    # measured, the reason in `not_measured` under the field's name.
+    file_mb: float | None = field(init=False, default=None)
     load_seconds: float | None = None
     first_inference_ms: float | None = None
     peak_rss_mb: float | None = None
@@ -163,6 +164,9 @@ class ArtifactBench:
     avg_power_w: float | None = None
     edge_shape: list[int] = field(default_factory=list)
     not_measured: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.file_mb = self.size_bytes / MIB if self.path else None
 
     def first_measured(self) -> BenchResult | None:
         """The first (batch, size) that ran: the one the artifact-level figures are of."""
@@ -289,7 +293,6 @@ def bench_runner(runner: Runner, options: BenchOptions, name: str, path: Path | 
         backend=runner.backend, precision=runner.precision, model=runner.metadata.model if runner.metadata else "",
         input=list(runner.inputs[0].shape) if runner.inputs else [],
     )
-    bench.file_mb = bench.size_bytes / MIB if path else None
     meter = meter or find_meter()
     sizes = options.sizes or (default_size(runner),)
     for batch in options.batches:

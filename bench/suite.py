@@ -27,6 +27,7 @@ import numpy as np
 import runtimes
 from artifacts.backends import BackendUnavailableError
 from artifacts.errors import OptionError, one_line
+from artifacts.jsonable import jsonable
 from artifacts.labelled import LabelledSet
 from artifacts.photos import sample_photo_paths
 from export.formats import FORMATS, Format, build, default_output
@@ -35,12 +36,16 @@ from runtimes.base import Runner
 from verification.accuracy import FormatAccuracy
 from verification.metrics import shapes_to_verify, tolerance_for, verify
 
-from .edge import MIB, EdgeFigures, measure_in_child
+from .edge import EdgeFigures, measure_in_child
 from .runner import ArtifactBench, BenchResult, artifact_files, artifact_sha256, interleave
 from .stats import LatencyStats
 from .timing import make_inputs
 
 Progress = Callable[[str], None]
+# The edge figures a format row shows, under these keys in reports: load time (runtimes.load +
+# compile), first inference, that process's peak resident memory and its peak before loading
+# the file (MiB).
+EDGE_COLUMNS = ("load_seconds", "first_inference_ms", "peak_rss_mb", "baseline_rss_mb")
 
 
 @dataclass
@@ -89,11 +94,23 @@ class FormatRow:
     photo_samples: int = 0
     p50_ms: float | None = None
     throughput: float | None = None  # images/s at the mean latency
-    load_seconds: float | None = None  # from a fresh process (`bench.edge`): runtimes.load + compile
-    first_inference_ms: float | None = None
-    peak_rss_mb: float | None = None  # MiB, that process's peak
-    baseline_rss_mb: float | None = None  # MiB, the same process before loading the file
+    # From a fresh process (`bench.edge`); the format's ArtifactBench takes the same figures.
+    edge: EdgeFigures | None = None
     accuracy: FormatAccuracy | None = None  # on --data: top-1 / top-5 and the change from PyTorch
+
+    def figure(self, name: str) -> float | None:
+        """One of the edge figures (`EDGE_COLUMNS`); None where not measured."""
+        return getattr(self.edge, name, None)
+
+    def to_json(self) -> dict[str, Any]:
+        """The row as reports hold it: `edge` written as the flat `EDGE_COLUMNS` in its place."""
+        out: dict[str, Any] = {}
+        for key, value in jsonable(self).items():
+            if key == "edge":
+                out.update({name: jsonable(self.figure(name)) for name in EDGE_COLUMNS})
+            else:
+                out[key] = value
+        return out
 
 
 @dataclass
@@ -175,7 +192,8 @@ def run_suite(model: GLNet, options: SuiteOptions, checkpoint_sha256: str | None
             if fmt.name in rows and fmt.name in made:
                 rows[fmt.name].export_s = time.perf_counter() - start
         # Before anything is loaded here, so that nothing competes with the fresh processes.
-        edge = _measure_edge({f: made[f] for f in rows if f in made}, rows, options, say) if options.edge else {}
+        if options.edge:
+            _measure_edge({f: made[f] for f in rows if f in made}, rows, options, say)
         for name_, row in rows.items():
             fmt = FORMATS[name_]
             if fmt.name in failed:
@@ -195,7 +213,7 @@ def run_suite(model: GLNet, options: SuiteOptions, checkpoint_sha256: str | None
         _verify_all(model, runners, rows, options, say)
         if labelled is not None:
             _score_all(model, runners, rows, labelled, options, say)
-        artifacts = _time_all(runners, rows, options, say, edge)
+        artifacts = _time_all(runners, rows, options, say)
     return SuiteResult(name, "random" if checkpoint_sha256 is None else checkpoint_sha256, list(rows.values()),
                        artifacts)
 
@@ -239,19 +257,13 @@ def _score_all(model: GLNet, runners: dict[str, Runner], rows: dict[str, FormatR
 
 
 def _measure_edge(files: dict[str, Path], rows: dict[str, FormatRow], options: SuiteOptions,
-                  say: Progress) -> dict[str, EdgeFigures]:
+                  say: Progress) -> None:
     h, w = options.input_size
-    out = {}
     for name, path in files.items():
         fmt = FORMATS[name]
         say(f"loading {name} in a fresh process: load time, first inference, memory")
-        figures = measure_in_child(path, (options.batch, 3, h, w), options.gpu if fmt.gpu else "cpu",
-                                   options.threads, fmt.run_precision)
-        row = rows[name]
-        row.load_seconds, row.first_inference_ms = figures.load_seconds, figures.first_inference_ms
-        row.peak_rss_mb, row.baseline_rss_mb = figures.peak_rss_mb, figures.baseline_rss_mb
-        out[name] = figures
-    return out
+        rows[name].edge = measure_in_child(path, (options.batch, 3, h, w), options.gpu if fmt.gpu else "cpu",
+                                           options.threads, fmt.run_precision)
 
 
 def _verify_all(model: GLNet, runners: dict[str, Runner], rows: dict[str, FormatRow], options: SuiteOptions,
@@ -291,7 +303,7 @@ def _verify_all(model: GLNet, runners: dict[str, Runner], rows: dict[str, Format
 
 
 def _time_all(runners: dict[str, Runner], rows: dict[str, FormatRow], options: SuiteOptions,
-              say: Progress, edge: dict[str, EdgeFigures]) -> list[ArtifactBench]:
+              say: Progress) -> list[ArtifactBench]:
     if not runners:
         return []
     h, w = options.input_size
@@ -308,10 +320,9 @@ def _time_all(runners: dict[str, Runner], rows: dict[str, FormatRow], options: S
                              wall_s=s.mean * s.runs / 1e3)
         bench = ArtifactBench(fmt, row.path, artifact_sha256(path) if path else "", row.size_bytes,
                               runner.backend, runner.precision, runner.metadata.model if runner.metadata else "",
-                              list(runner.inputs[0].shape) if runner.inputs else [], [result],
-                              file_mb=row.size_bytes / MIB if path else None)
-        if fmt in edge:
-            bench.set_edge(edge[fmt])
+                              list(runner.inputs[0].shape) if runner.inputs else [], [result])
+        if row.edge is not None:
+            bench.set_edge(row.edge)
         else:
             reason = "not asked" if path and not options.edge else "no file: PyTorch runs in this process"
             bench.not_measured.update(dict.fromkeys(("load_seconds", "first_inference_ms", "peak_rss_mb"), reason))

@@ -48,8 +48,8 @@ def suite_table(result: Any, title: str) -> Table:
                       _num(r.max_abs, ".2e"), _num(r.top1, ".0%"), *(_accuracy_cells(r) if labelled else ()),
                       _num(r.p50_ms, ".1f"), _num(r.throughput, ".1f"),
                       _num(r.p50_ms / eager if eager and r.p50_ms else None, ".2f"),
-                      _num(r.load_seconds, ".2f"), _num(r.first_inference_ms, ".1f"),
-                      mib(r.peak_rss_mb),
+                      _num(r.figure("load_seconds"), ".2f"), _num(r.figure("first_inference_ms"), ".1f"),
+                      mib(r.figure("peak_rss_mb")),
                       _num(r.export_s if r.export_s else None, ".1f"))
     table.caption = ("max abs err and top-1 against PyTorch on the sample photographs and random inputs; p50 from "
                      "all formats timed in alternation; vs eager: p50 / PyTorch's p50 (below 1: faster than eager); "
@@ -117,8 +117,9 @@ def bench_formats(
     warn_about_the_machine(device)
     with err.status(f"benchmarking {model}") as status:
         result = run_suite(net, options, checkpoint_sha256=sha256, progress=status.update)
+    format_rows = [r.to_json() for r in result.rows]
     report = BenchReport("benchmark", device, jsonable(options), result.artifacts,
-                         extra={"model": model, "weights": result.weights, "formats": jsonable(result.rows)})
+                         extra={"model": model, "weights": result.weights, "formats": format_rows})
     write_json(to_dict(report), json_path)
     if json_path is None or str(json_path) != "-":
         h, w = options.input_size

@@ -175,6 +175,28 @@ def test_energy_per_image_and_the_json_keys(monkeypatch: pytest.MonkeyPatch) -> 
     assert {"energy_mj_per_image", "avg_power_w", "energy_note"} <= set(art["results"][0])
 
 
+def test_a_format_row_keeps_its_edge_figures_once_and_writes_them_flat() -> None:
+    """`bench --model`'s rows hold the fresh process's figures once (`FormatRow.edge`); reports
+    keep the flat keys they always had, where they had them, and derive the file's MiB."""
+    from bench.runner import ArtifactBench
+    from bench.suite import FormatRow
+
+    figures = edge.EdgeFigures([1, 3, 64, 64], load_seconds=0.25, first_inference_ms=2.5, baseline_rss_mb=57.0,
+                               peak_rss_mb=74.0, gpu_memory_mb=12.0)
+    row = FormatRow("onnxruntime", "ONNX on onnxruntime", path="m.onnx", size_bytes=3 << 20, edge=figures)
+    data = row.to_json()
+    assert list(data) == ["format", "description", "status", "reason", "path", "size_bytes", "precision", "export_s",
+                          "max_abs", "max_rel", "top1", "photo_samples", "p50_ms", "throughput", "load_seconds",
+                          "first_inference_ms", "peak_rss_mb", "baseline_rss_mb", "accuracy"]  # as reports had them
+    assert (data["load_seconds"], data["first_inference_ms"], data["peak_rss_mb"], data["baseline_rss_mb"]) == (
+        0.25, 2.5, 74.0, 57.0)
+    assert row.figure("peak_rss_mb") == 74.0
+    pytorch = FormatRow("pytorch", "eager").to_json()  # no file: not measured
+    assert pytorch["load_seconds"] is None and pytorch["peak_rss_mb"] is None and "edge" not in pytorch
+    assert ArtifactBench("m.onnx", "m.onnx", "ab", 3 << 20, "onnxruntime", "fp32", "m", []).file_mb == 3.0
+    assert ArtifactBench("pytorch", "", "", 0, "pytorch", "fp32", "m", []).file_mb is None
+
+
 class FakeTensorRT(Runner):
     """What the fresh process asks of a TensorRT runner: prepare, infer, its context's memory."""
 
