@@ -26,6 +26,7 @@ Results: docs/benchmarks/<date>-int8-budget.json unless --json says otherwise.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import sys
 import tempfile
@@ -39,9 +40,9 @@ from PIL import Image
 
 import runtimes
 from artifacts.jsonable import jsonable
-from artifacts.labelled import LabelledSet, balanced_sample, iter_batches, read_labelled
+from artifacts.labelled import LabelledSet, balanced_sample, read_labelled
 from artifacts.labels import labels_for
-from artifacts.scoring import accuracy, hits_at, paired_change, top_k
+from artifacts.scoring import PairedChange, Proportion, paired_change
 from bench.report import write_json
 from bench.runner import interleave, paired_ratio
 from bench.sysinfo import collect_device_info
@@ -49,8 +50,10 @@ from experiments.results import ROOT, default_help, results_path
 from export.formats import build
 from export.int8_budget import AccuracyBudget, BudgetNotMetError
 from glnet.checkpoint import checkpoint_sha256
+from verification.accuracy import AccuracyOptions, score_runners
 
 CALIBRATIONS = {"digits": 1.0, "dim digits (x0.1)": 0.1}  # brightness of the calibration images
+REFERENCE = "fp32 onnx"  # what every change is measured from
 
 
 def say(msg: str) -> None:
@@ -98,7 +101,7 @@ def write_calibration(images: np.ndarray, root: Path) -> dict[str, Path]:
 def build_files(onnx: Path, calib: dict[str, Path], data: Path, a_csv: Path, max_drop: float,
                 work: Path) -> tuple[dict[str, Path], dict[str, Any]]:
     """Every int8 file (name -> path) and what each build said (seconds, the budget record)."""
-    files = {"fp32 onnx": onnx, "fp32 ir": build("openvino-auto", onnx, work / "fp32.xml").path}
+    files = {REFERENCE: onnx, "fp32 ir": build("openvino-auto", onnx, work / "fp32.xml").path}
     builds: dict[str, Any] = {}
     budget = AccuracyBudget(max_drop, data, a_csv)
     for scenario, folder in calib.items():
@@ -124,29 +127,34 @@ def build_files(onnx: Path, calib: dict[str, Path], data: Path, a_csv: Path, max
 
 
 def score(files: dict[str, Path], halves: dict[str, LabelledSet]) -> dict[str, dict[str, Any]]:
-    """Per file and half: top-1 (Wilson) and the paired change from the fp32 ONNX (Newcombe)."""
-    hits: dict[str, dict[str, np.ndarray]] = {name: {} for name in files}
-    for name, path in files.items():
-        with runtimes.load(path, precision="fp32" if path.suffix == ".xml" else None) as runner:
-            assert runner.metadata is not None
-            for half, labelled in halves.items():
-                parts = [hits_at(top_k(np.asarray(runner.infer(b.images)), 1), b.labels, 1)
-                         for b in iter_batches(labelled, runner.metadata, 50)]
-                hits[name][half] = np.concatenate(parts)
-    table: dict[str, dict[str, Any]] = {}
-    for name in files:
-        table[name] = {}
-        for half in halves:
-            change = paired_change(hits[name][half], hits["fp32 onnx"][half])
-            table[name][half] = {"top1": accuracy(hits[name][half]), "change_from_fp32": change}
+    """Per file and half: top-1 (Wilson) and the paired change from the fp32 ONNX (Newcombe),
+    scored as `glnet-export accuracy` scores (verification.accuracy.score_runners). Every file
+    is the same model, so all take the fp32 ONNX's preprocessing."""
+    table: dict[str, dict[str, Any]] = {name: {} for name in files}
+    with contextlib.ExitStack() as stack:
+        runners = [(name, stack.enter_context(runtimes.load(path, precision="fp32" if path.suffix == ".xml" else None)))
+                   for name, path in files.items()]
+        meta = dict(runners)[REFERENCE].metadata
+        assert meta is not None
+        for half, labelled in halves.items():
+            for row in score_runners(runners, labelled, meta, REFERENCE, AccuracyOptions(batch=50)):
+                change = row.change_from_pytorch if row.name != REFERENCE else _unchanged(row.top1)
+                table[row.name][half] = {"top1": row.top1, "change_from_fp32": change}
     return table
+
+
+def _unchanged(top1: Proportion) -> PairedChange:
+    """The reference's change from itself, which score_runners leaves out: paired_change of a
+    file's hits with themselves, which depends on their count alone."""
+    hits = np.arange(top1.n) < top1.hits
+    return paired_change(hits, hits)
 
 
 def speed(files: dict[str, Path], rounds: int) -> dict[str, float]:
     """Batch-1 time of each file over its runtime's fp32 file (bench.runner.interleave)."""
     x = [np.random.default_rng(i).standard_normal((1, 3, 32, 32)).astype(np.float32) for i in range(4)]
     ratios = {}
-    for suffix, baseline in ((".onnx", "fp32 onnx"), (".xml", "fp32 ir")):
+    for suffix, baseline in ((".onnx", REFERENCE), (".xml", "fp32 ir")):
         group = {name: path for name, path in files.items() if path.suffix == suffix}
         runners = {name: runtimes.load(path) for name, path in group.items()}
         try:

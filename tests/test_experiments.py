@@ -201,3 +201,58 @@ def test_int8_budget_halves_are_disjoint_class_balanced_and_cover_every_image(tm
     assert not set(halves["A"].paths) & set(halves["B"].paths)
     assert len(halves["A"]) + len(halves["B"]) == len(labels)
     assert halves["A"].counts() == halves["B"].counts() == {c: 2 for c in range(10)}
+
+
+def test_int8_budget_scores_each_file_as_the_accuracy_command_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                   ) -> None:
+    """experiments.int8_budget.score goes through verification.accuracy.score_runners: per half,
+    each file's top-1 and its paired change from the fp32 ONNX, which for the fp32 ONNX itself
+    (left out by score_runners) is its hits paired with themselves. Fake runners, so that
+    the expected figures come from their logits directly; IRs are asked for f32."""
+    import numpy as np
+
+    import experiments.int8_budget as experiment
+    from artifacts.labelled import iter_batches, read_labelled
+    from artifacts.labels import labels_for
+    from artifacts.metadata import ArtifactMetadata
+    from artifacts.scoring import accuracy, hits_at, paired_change, top_k
+    from runtimes.base import Runner, TensorSpec
+
+    meta = ArtifactMetadata(model="glnet_tiny", num_classes=10, input_size=(32, 32), labels="")
+
+    class Pixels(Runner):  # ten "logits" from the pixels at `offset`: each file errs its own way
+        backend = "fake"
+
+        def __init__(self, offset: int) -> None:
+            super().__init__()
+            self.inputs = [TensorSpec("input", ("batch", 3, 32, 32), "float32")]
+            self.metadata, self.offset = meta, offset
+
+        def _infer(self, x: np.ndarray) -> np.ndarray:
+            return x.reshape(len(x), -1)[:, self.offset:self.offset + 10]
+
+    files = {"fp32 onnx": tmp_path / "fp32.onnx", "int8 ir": tmp_path / "int8.xml", "int8 ort": tmp_path / "int8.onnx"}
+    offsets = {files["fp32 onnx"]: 0, files["int8 ir"]: 3, files["int8 ort"]: 40}
+    asked: dict[str, str | None] = {}
+
+    def load(path: Path, precision: str | None = None) -> Runner:
+        asked[path.suffix] = precision
+        return Pixels(offsets[path])
+
+    monkeypatch.setattr(experiment.runtimes, "load", load)
+    labels = np.repeat(np.arange(10), 12)  # two batches of 50 and one of 10 per half
+    images = np.random.default_rng(0).integers(0, 256, (len(labels), 8, 8, 3), dtype=np.uint8)
+    folder, csvs = experiment.write_halves(images, labels, tmp_path)
+    halves = {half: read_labelled(folder, csv, labels_for("", 10)) for half, csv in csvs.items()}
+    table = experiment.score(files, halves)
+    assert asked == {".onnx": None, ".xml": "fp32"}
+    for half, labelled in halves.items():
+        batches = list(iter_batches(labelled, meta, 50))
+        y = np.concatenate([b.labels for b in batches])
+        hits = {name: hits_at(top_k(np.concatenate([Pixels(offsets[path]).infer(b.images) for b in batches]), 1), y, 1)
+                for name, path in files.items()}
+        for name in files:
+            assert table[name][half] == {"top1": accuracy(hits[name]),
+                                         "change_from_fp32": paired_change(hits[name], hits["fp32 onnx"])}
+        assert table["fp32 onnx"][half]["change_from_fp32"].change == 0.0
+        assert table["int8 ort"][half]["change_from_fp32"].lost > 0  # the files do differ
