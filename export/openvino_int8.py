@@ -124,6 +124,18 @@ def _quiet_nncf() -> Iterator[None]:
             logger.setLevel(level)
 
 
+def ignored_scope(model: Any, glmix_float: bool = True, depthwise: bool = True,
+                  keep_float: Sequence[str] = ()) -> tuple[Any, SensitiveNodes]:
+    """NNCF's ignored scope of int8 on `model` (None when nothing is ignored), and the GLMix
+    nodes in it: the GLMix clustering nodes (unless `glmix_float` is False), the ops named in
+    `keep_float` (friendly names) and, without `depthwise`, every GroupConvolution. The one
+    place both `quantize_int8` and `export.openvino_int8_budget` take what stays float from."""
+    sensitive = find_sensitive_nodes(model) if glmix_float else SensitiveNodes()
+    names = list(dict.fromkeys(sensitive.names + list(keep_float)))
+    types = [] if depthwise else ["GroupConvolution"]
+    return (_nncf().IgnoredScope(names=names, types=types) if names or types else None), sensitive
+
+
 def quantize_int8(model: Any, samples: list[np.ndarray], glmix_float: bool = True,
                   depthwise: bool = True, keep_float: Sequence[str] = ()) -> tuple[Any, SensitiveNodes]:
     """NNCF post-training int8 of an openvino.Model on calibration `samples` (1x3xHxW each).
@@ -137,10 +149,7 @@ def quantize_int8(model: Any, samples: list[np.ndarray], glmix_float: bool = Tru
     them cost time (README, "int8 on the CPU").
     """
     nncf = _nncf()
-    sensitive = find_sensitive_nodes(model) if glmix_float else SensitiveNodes()
-    types = [] if depthwise else ["GroupConvolution"]
-    names = list(dict.fromkeys(sensitive.names + list(keep_float)))
-    scope = nncf.IgnoredScope(names=names, types=types) if names or types else None
+    scope, sensitive = ignored_scope(model, glmix_float, depthwise, keep_float)
     try:
         with _quiet_nncf():
             quantized = nncf.quantize(model, nncf.Dataset(samples), model_type=nncf.ModelType.TRANSFORMER,

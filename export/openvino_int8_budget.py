@@ -48,7 +48,7 @@ from .int8_budget import (
     top1,
     within,
 )
-from .openvino_int8 import SensitiveNodes, _is_int8_operand, _nncf, _quiet_nncf, find_sensitive_nodes, quantize_int8
+from .openvino_int8 import SensitiveNodes, _is_int8_operand, _nncf, _quiet_nncf, ignored_scope, quantize_int8
 
 Progress = Callable[[str], None]
 CHOOSER = ("nncf.quantize_with_accuracy_control {version} (DropType.ABSOLUTE): quantizer groups ranked by their cost "
@@ -102,10 +102,7 @@ def quantize_int8_within_budget(model: Any, samples: list[np.ndarray], validatio
     ov = import_openvino()
     say = progress or (lambda _msg: None)
     shape = (1, *validation.images.shape[1:])
-    sensitive = find_sensitive_nodes(model) if glmix_float else SensitiveNodes()
-    names = list(dict.fromkeys(sensitive.names + list(keep_float)))
-    types = [] if depthwise else ["GroupConvolution"]
-    scope = nncf.IgnoredScope(names=names, types=types) if names or types else None
+    scope, sensitive = ignored_scope(model, glmix_float, depthwise, keep_float)
     at_size = [s for s in samples if tuple(s.shape[2:]) == tuple(shape[2:])]
     items = [(validation.images[i:i + 1], int(validation.labels[i])) for i in range(len(validation))]
     say(f"NNCF accuracy-controlled int8 on {len(at_size)} calibration and {len(items)} validation images")

@@ -21,7 +21,7 @@ import glnet
 from artifacts.backends import BackendUnavailableError
 from artifacts.calibration import CalibrationError, calibration_sizes
 from export.openvino import OpenVinoOptions, convert_openvino
-from export.openvino_int8 import find_sensitive_nodes
+from export.openvino_int8 import SensitiveNodes, find_sensitive_nodes, ignored_scope
 from glnet.testing import seeded_model
 from glnet_export.cli import app
 from runtimes.openvino import OpenVinoRunner
@@ -150,11 +150,18 @@ def test_fp16_ir_passes_fp16_tolerance_and_halves_the_weights(tiny: glnet.GLNet,
 
 
 def test_sensitive_glmix_nodes_are_found_by_structure(tiny_onnx: Path) -> None:
-    found = find_sensitive_nodes(ov.convert_model(str(tiny_onnx)))
+    model = ov.convert_model(str(tiny_onnx))
+    found = find_sensitive_nodes(model)
     glmix_blocks = 3  # glnet_tiny: stages 1, 2 and 3 hold one GLMix block each (depths 1, 1, 2)
     assert len(found.logits_matmuls) == glmix_blocks
     assert len(found.softmaxes) == len(found.softmax_matmuls) == 2 * glmix_blocks
     assert len(found.l2_norms) == 3 * 2 * glmix_blocks  # ReduceL2, Clamp, Divide; slots and pixels
+    # The ignored scope both int8 paths quantize with: GLMix's nodes, kept ops named once, depthwise by type.
+    scope, sensitive = ignored_scope(model, keep_float=[found.softmaxes[0], "kept"])
+    assert sensitive == found and scope.names == found.names + ["kept"] and scope.types == []
+    scope, sensitive = ignored_scope(model, glmix_float=False, depthwise=False)
+    assert sensitive == SensitiveNodes() and scope.names == [] and scope.types == ["GroupConvolution"]
+    assert ignored_scope(model, glmix_float=False) == (None, SensitiveNodes())  # NNCF gets no empty scope
 
 
 def test_calibration_sizes_cover_dynamic_resolutions(tiny_fp32: Path) -> None:
