@@ -83,7 +83,7 @@ class OpenVinoResult:
     nodes: int
     int8_nodes: int  # FakeQuantize nodes
     kept_float: list[str] = field(default_factory=list)  # int8: nodes left in float on purpose
-    kept_float_summary: str = ""
+    kept_float_summary: str = ""  # int8: metadata.quantization.kept_float (what --max-drop kept: its .budget)
     calib_images: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -179,7 +179,7 @@ def convert_openvino(
     except Exception as exc:
         raise ExportError(f"openvino.convert_model failed: {one_line(exc)}") from exc
     notes: list[str] = []
-    kept, summary = [], ""
+    kept: list[str] = []
     quantization = None
     if calib is not None:
         say(f"quantizing to int8 with NNCF on {len(calib)} images")
@@ -200,14 +200,8 @@ def convert_openvino(
                                            depthwise=options.int8_depthwise, blocks=kept_blocks)
         quantization = dataclasses.replace(quantization, budget=check)
         kept = sensitive.names + [n for n in in_blocks if n not in sensitive.names]
-        summary = sensitive.describe() if options.glmix_float else "no GLMix nodes (--no-glmix-float)"
-        if not options.int8_depthwise:
-            summary += "; depthwise convolutions"
-        if kept_blocks:
-            summary += f"; blocks {', '.join(kept_blocks)}"
         if check is not None and check.float_ops:  # what NNCF reverted to meet --max-drop
             kept += [n for n in check.float_ops if n not in kept]
-            summary += f"; for --max-drop, {len(check.float_ops)} operations ({', '.join(check.kept_float) or '?'})"
         if options.glmix_float and not sensitive.logits_matmuls:
             notes.append("found no GLMix clustering nodes to keep in float (graph layout changed?)")
         if calib.skipped:
@@ -234,6 +228,6 @@ def convert_openvino(
         xml=xml, bin=bin_path(xml), metadata=meta, precision=options.precision,
         xml_bytes=xml.stat().st_size, bin_bytes=bin_path(xml).stat().st_size,
         nodes=len(model.get_ordered_ops()), int8_nodes=count_fake_quantize(model), kept_float=kept,
-        kept_float_summary=summary, calib_images=len(calib) if calib else 0,
+        kept_float_summary=quantization.kept_float if quantization else "", calib_images=len(calib) if calib else 0,
         seconds=time.perf_counter() - start, notes=notes, passes=passes,
     )
