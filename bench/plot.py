@@ -3,8 +3,8 @@
 GLMix's claim is that its cost grows about linearly with the pixel count (attention runs
 on 64 slots, not on the pixels), where full attention grows quadratically. So the x axis
 is the pixel count and the plot carries both reference curves, anchored at the smallest
-measured size of the first series. matplotlib is imported only here, with the Agg canvas
-(no display, no pyplot global state).
+measured size of the first series. matplotlib (the `plot` extra) comes through
+`artifacts.figures`.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from artifacts.atomic import atomic_outputs
 from artifacts.errors import GlnetExportError
+from artifacts.figures import new_figure, save_png
 
 from .runner import ArtifactBench
 
 
 class PlotError(GlnetExportError):
-    """Nothing to plot, or no matplotlib."""
+    """Nothing to plot: no measurement succeeded."""
 
 
 def _series(artifacts: list[ArtifactBench]) -> dict[str, list[tuple[int, float, float, float, str]]]:
@@ -38,16 +38,10 @@ def _series(artifacts: list[ArtifactBench]) -> dict[str, list[tuple[int, float, 
 
 def plot_latency(artifacts: list[ArtifactBench], path: str | Path, subtitle: str = "") -> Path:
     """Write p50 latency (bars: min to p90) against pixels for every artifact and batch."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise PlotError("--plot needs matplotlib: pip install 'glnet-export[plot]'") from None
     series = _series(artifacts)
     if not series:
         raise PlotError("nothing to plot: no measurement succeeded")
-    fig = Figure(figsize=(8, 5), dpi=120)
-    FigureCanvasAgg(fig)
+    fig = new_figure(8, 5)
     ax = fig.add_subplot()
     for label, points in series.items():
         px = [p[0] / 1e6 for p in points]
@@ -71,8 +65,4 @@ def plot_latency(artifacts: list[ArtifactBench], path: str | Path, subtitle: str
     ax.set_title("Latency against input size" + (f"\n{subtitle}" if subtitle else ""), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_outputs(path) as (temp,):
-        fig.savefig(temp, format="png")
-    return path
+    return save_png(fig, path)

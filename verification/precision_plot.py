@@ -1,7 +1,6 @@
 """`debug-precision --plot`: each block's error against PyTorch fp32 as a PNG, the jump marked.
 
-matplotlib is the `plot` extra, imported only here, with the Agg canvas (no display, no
-pyplot global state), as `bench.plot` does.
+matplotlib (the `plot` extra) comes through `artifacts.figures`, as for `bench.plot`.
 """
 
 from __future__ import annotations
@@ -9,8 +8,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from artifacts.atomic import atomic_outputs
-from artifacts.backends import BackendUnavailableError
+from artifacts.figures import new_figure, save_png
 
 from .precision_debug import PrecisionDebugReport
 
@@ -18,17 +16,11 @@ from .precision_debug import PrecisionDebugReport
 def plot_block_errors(report: PrecisionDebugReport, path: str | Path) -> Path:
     """Max rel error per block (log scale), in network order; the first jump in red, an infinite
     error drawn at the top of the axis, the floor a block is judged against dashed."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise BackendUnavailableError("--plot needs matplotlib: pip install 'glnet-export[plot]'") from None
     rows = report.blocks
     finite = [r.max_rel for r in rows if math.isfinite(r.max_rel) and r.max_rel > 0]
     top = max(finite + [report.floor]) * 30
     bottom = min(finite + [report.floor]) / 3
-    fig = Figure(figsize=(max(6.0, 0.32 * len(rows) + 2), 4.8), dpi=120)
-    FigureCanvasAgg(fig)
+    fig = new_figure(max(6.0, 0.32 * len(rows) + 2), 4.8)
     ax = fig.add_subplot()
     xs = list(range(len(rows)))
     ys = [r.max_rel if math.isfinite(r.max_rel) else top for r in rows]
@@ -53,8 +45,4 @@ def plot_block_errors(report: PrecisionDebugReport, path: str | Path) -> Path:
                  f"(>= {report.ratio:g}x its input's error)", fontsize=9)
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_outputs(path) as (temp,):
-        fig.savefig(temp, format="png")
-    return path
+    return save_png(fig, path)

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import stat
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import pytest
 from helpers import copy_of
 from typer.testing import CliRunner
 
+from artifacts.backends import BackendUnavailableError
 from artifacts.errors import OptionError
 from bench import sysinfo
 from bench.plot import PlotError, plot_latency
@@ -259,6 +261,23 @@ def test_plot_file(onnx_bench, tmp_path: Path) -> None:  # type: ignore[no-untyp
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
     with pytest.raises(PlotError, match="nothing to plot"):
         plot_latency([], tmp_path / "empty.png")
+
+
+def test_plots_without_matplotlib_say_which_extra_and_write_nothing(onnx_bench, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from verification.precision_debug import BlockError, PrecisionDebugReport
+    from verification.precision_plot import plot_block_errors
+
+    for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, name, None)  # None in sys.modules makes the import fail
+    block = BlockError("stages.0.blocks.0", "t", (1, 8, 4, 4), 1e-3, 1e-3, 0.99, 1.0, False)
+    report = PrecisionDebugReport("a.onnx", "onnxruntime", "fp32", None, (1, 3, 64, 64), 1, 1, 10.0, 1e-6,
+                                  [block], None, None, "rule")
+    for draw in (lambda: plot_latency([onnx_bench], tmp_path / "latency.png"),
+                 lambda: plot_block_errors(report, tmp_path / "blocks.png")):
+        with pytest.raises(BackendUnavailableError, match=r"pip install 'glnet-export\[plot\]'"):
+            draw()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_bench_and_compare(artifacts: dict[str, Path | str], tmp_path: Path) -> None:
