@@ -83,7 +83,6 @@ class OpenVinoResult:
     nodes: int
     int8_nodes: int  # FakeQuantize nodes
     kept_float: list[str] = field(default_factory=list)  # int8: nodes left in float on purpose
-    kept_float_summary: str = ""  # int8: metadata.quantization.kept_float (what --max-drop kept: its .budget)
     calib_images: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -228,6 +227,6 @@ def convert_openvino(
         xml=xml, bin=bin_path(xml), metadata=meta, precision=options.precision,
         xml_bytes=xml.stat().st_size, bin_bytes=bin_path(xml).stat().st_size,
         nodes=len(model.get_ordered_ops()), int8_nodes=count_fake_quantize(model), kept_float=kept,
-        kept_float_summary=quantization.kept_float if quantization else "", calib_images=len(calib) if calib else 0,
+        calib_images=len(calib) if calib else 0,
         seconds=time.perf_counter() - start, notes=notes, passes=passes,
     )

@@ -134,11 +134,12 @@ def _summary(result: OpenVinoResult, source: Path | None, checkpoint: Path | Non
     table.add_row("input", escape(f"{meta.input_name} float32, dynamic {meta.dynamic}, {h}x{w}"))
     table.add_row("precision", f"IR stores {result.precision}" + _runs_as(verification))
     if result.precision == "int8":
-        ops = meta.quantization.ops_line() if meta.quantization else ""
+        q = meta.quantization
+        ops, kept = (q.ops_line(), q.kept_float) if q else ("", "")
         table.add_row("int8", f"{ops} in int8 ({result.int8_nodes} FakeQuantize nodes from {result.calib_images} "
-                              f"calibration images); kept in float: {result.kept_float_summary}")
-        if meta.quantization is not None and meta.quantization.budget is not None:
-            table.add_row("budget", escape(meta.quantization.budget.describe()))
+                              f"calibration images); kept in float: {kept}")
+        if q is not None and q.budget is not None:
+            table.add_row("budget", escape(q.budget.describe()))
     table.add_row("compute", _compute(result))
     table.add_row("nodes", str(result.nodes))
     table.add_row("time", f"{result.seconds:.1f} s")
