@@ -33,16 +33,18 @@ CONSOLE_SCRIPT = [sys.executable, "-c", "from glnet_export.cli import main; main
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("cli")
-    model = seeded_model("glnet_tiny", seed=7)
+    # glnet_tiny seed 3 at 64 x 64, as `tiny_dynamic_onnx` and test_onnx_export: the session
+    # traces these weights and options once for all of them (conftest).
+    model = seeded_model("glnet_tiny", seed=3)
     ckpt = folder / "tiny.pth"
     torch.save({"model": model.state_dict()}, ckpt)
     other = folder / "other.pth"
     torch.save({"model": seeded_model("glnet_tiny", seed=8).state_dict()}, other)
     with_ckpt = folder / "tiny.onnx"
-    export_onnx(model, with_ckpt, OnnxExportOptions(dynamic="shape", input_size=(96, 96)),
+    export_onnx(model, with_ckpt, OnnxExportOptions(dynamic="shape", input_size=(64, 64)),
                 checkpoint_sha256=checkpoint_sha256(ckpt))
     random = folder / "random.onnx"
-    export_onnx(model, random, OnnxExportOptions(input_size=(96, 96)))
+    export_onnx(model, random, OnnxExportOptions(input_size=(64, 64)))
     # The same graph with other weights: every float initializer of random.onnx moved (an
     # export of other.pth would give the same, one dynamo trace later).
     proto = onnx.load(random)
@@ -204,7 +206,9 @@ def test_usage_errors_are_one_line_from_the_console_script(args: list[str], mess
     assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], result.stderr
 
 
-def test_models_lists_the_variants_with_their_sizes() -> None:
+def test_models_lists_the_variants_with_their_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
+    import glnet.complexity
+
     code, stdout, _ = _cli("models", "--json", "-")
     rows = {r["name"]: r for r in json.loads(stdout)}
     assert code == 0 and {"glnet_stl", "glnet_4g", "glnet_9g", "glnet_16g", "glnet_tiny"} <= set(rows)
@@ -212,13 +216,19 @@ def test_models_lists_the_variants_with_their_sizes() -> None:
     assert rows["glnet_4g"]["params"] == pytest.approx(27.0e6, rel=2e-3)
     assert rows["glnet_16g"]["params"] == pytest.approx(106.1e6, rel=2e-3)
     assert rows["glnet_4g"]["macs_224"] > rows["glnet_tiny"]["macs_224"] > 0
+    # --no-tiny only filters the list: the counts just checked need not be taken again.
+    monkeypatch.setattr(glnet.complexity, "count_complexity",
+                        lambda name: glnet.complexity.Complexity(name, rows[name]["params"], rows[name]["macs_224"],
+                                                                 (224, 224)))
     code, stdout, _ = _cli("models", "--no-tiny", "--json", "-")
-    assert code == 0 and not any(r["tiny"] for r in json.loads(stdout))
+    shown = json.loads(stdout)
+    assert code == 0 and shown and not any(r["tiny"] for r in shown)
+    assert {r["name"] for r in shown} == {name for name, r in rows.items() if not r["tiny"]}
 
 
 def test_ema_weights_are_what_the_cli_exports_with_ema(tmp_path: Path) -> None:
     plain = seeded_model("glnet_tiny", seed=1)
-    ema = seeded_model("glnet_tiny", seed=2)
+    ema = seeded_model("glnet_tiny", seed=3)  # exported fixed at 64 x 64 by test_onnx_export too: one trace
     ckpt = tmp_path / "ema.pth"
     torch.save({"model": plain.state_dict(), "model_ema": ema.state_dict()}, ckpt)
     out = tmp_path / "ema.onnx"
@@ -241,10 +251,10 @@ def test_debug_variable_shows_the_traceback() -> None:
 
 
 def test_bench_exits_1_when_a_requested_size_cannot_run(artifacts: dict[str, Path], tmp_path: Path) -> None:
-    # random.onnx is fixed at 96 x 96: the 128 cell cannot run. What ran is kept and
+    # random.onnx is fixed at 64 x 64: the 128 cell cannot run. What ran is kept and
     # reported; the exit code says that not everything asked for was measured.
     report = tmp_path / "b.json"
-    code, stdout, stderr = _cli("bench", "run", str(artifacts["random"]), "--input-size", "96,128", "--iters", "2",
+    code, stdout, stderr = _cli("bench", "run", str(artifacts["random"]), "--input-size", "64,128", "--iters", "2",
                                 "--warmup", "0", "--json", str(report))
     assert code == 1 and "1 of 2 batch x size combinations could not run" in stderr, stderr
     results = json.loads(report.read_text())["artifacts"][0]["results"]
