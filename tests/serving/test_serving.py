@@ -27,17 +27,18 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import copy_of
 from typer.testing import CliRunner
 
-import glnet
 from artifacts.labels import imagenet1k_labels
 from artifacts.metadata import ArtifactMetadata
 from export.onnx import OnnxExportOptions, export_onnx
 from export.trt_profiles import EngineManifest, Profile, manifest_path
+from glnet.testing import seeded_model
 from glnet_export.cli import app
 from serving.predictor import Predictor
 
-SIZE = 128
+SIZE = 64  # the size `tiny_dynamic_onnx` (conftest) was traced at
 HAVE_RAY = importlib.util.find_spec("ray") is not None
 HAVE_TRITONCLIENT = importlib.util.find_spec("tritonclient") is not None
 needs_triton = pytest.mark.skipif(not HAVE_TRITONCLIENT,
@@ -45,11 +46,10 @@ needs_triton = pytest.mark.skipif(not HAVE_TRITONCLIENT,
 
 
 @pytest.fixture(scope="module")
-def dynamic_onnx(tiny_model: glnet.GLNet, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Dynamic batch, height and width: serves the Ray test and the Triton dynamic case."""
-    path = tmp_path_factory.mktemp("serving") / "tiny_dynamic.onnx"
-    export_onnx(tiny_model, path, OnnxExportOptions(dynamic="shape", input_size=(SIZE, SIZE)))
-    return path
+def dynamic_onnx(tiny_dynamic_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Dynamic batch, height and width (the session's glnet_tiny seed 3 file, copied): serves
+    the Ray test and the Triton dynamic case."""
+    return copy_of(tiny_dynamic_onnx, tmp_path_factory.mktemp("serving"))
 
 
 def _free_port() -> int:
@@ -218,11 +218,13 @@ def test_triton_repo_for_a_dynamic_onnx(dynamic_onnx: Path, tmp_path: Path) -> N
 
 
 @needs_triton
-def test_triton_repo_for_a_fixed_batch_onnx(tiny_model: glnet.GLNet, tmp_path: Path) -> None:
+def test_triton_repo_for_a_fixed_batch_onnx(tmp_path: Path) -> None:
     from serving.triton_repo import TritonOptions, write_triton_repo
 
     onnx_path = tmp_path / "fixed.onnx"
-    export_onnx(tiny_model, onnx_path, OnnxExportOptions(dynamic="none", input_size=(SIZE, SIZE)))
+    # glnet_tiny seed 3 fixed at 64 x 64, as test_onnx_export exports it: the session traces it once.
+    export_onnx(seeded_model("glnet_tiny", seed=3), onnx_path,
+                OnnxExportOptions(dynamic="none", input_size=(SIZE, SIZE)))
     result = write_triton_repo(onnx_path, tmp_path / "repo", TritonOptions(max_batch=4))
     config, _ = _config(result.model_dir)
     assert result.name == "fixed" and config.max_batch_size == 0  # Triton must not batch a fixed-batch model
