@@ -96,7 +96,9 @@ def _one_trace_per_model_and_options(tmp_path_factory: pytest.TempPathFactory) -
     Under pytest-xdist the traces are kept on disk in the folder the workers share, behind
     a lock per trace, so that two workers needing the same graph trace it once between
     them. A test that patches what the trace uses (the deploy switch, torch.onnx.export)
-    gets its own trace, kept in memory only."""
+    gets its own trace: shared like the others when the stand-in is a module-level function
+    (its name says what it does in every worker, e.g. `helpers.reference_form`), kept in
+    this process only when it is a lambda or a local function."""
     from filelock import FileLock  # torch's own dependency
 
     import export.onnx as exporter
@@ -113,11 +115,14 @@ def _one_trace_per_model_and_options(tmp_path_factory: pytest.TempPathFactory) -
     def traced(model: glnet.GLNet, options: exporter.OnnxExportOptions) -> onnx.ModelProto:
         fields = (_fingerprint(model), options.opset, options.input_size, options.batch, options.dynamic,
                   options.features, options.slot_blocks)
-        if glnet.GLNet.to_deploy is not to_deploy or torch.onnx.export is not torch_export:
-            key = (*fields, glnet.GLNet.to_deploy, torch.onnx.export)  # a patched trace: this process only
+        stand_ins = [f for f, real in ((glnet.GLNet.to_deploy, to_deploy), (torch.onnx.export, torch_export))
+                     if f is not real]
+        if any("<" in getattr(f, "__qualname__", "<") for f in stand_ins):  # a mock has no name either
+            key = (*fields, glnet.GLNet.to_deploy, torch.onnx.export)  # a lambda's trace: this process only
             if key not in traces:
                 traces[key] = trace(model, options)
             return traces[key]
+        fields = (*fields, *(f"{f.__module__}.{f.__qualname__}" for f in stand_ins))
         if fields not in traces:
             name = hashlib.sha1(repr(fields).encode()).hexdigest()
             file = shared / f"{name}.onnx"

@@ -27,3 +27,10 @@ def copy_of(path: Path, folder: Path) -> Path:
     that a module converts, so that what converters write beside it stays the module's."""
     folder.mkdir(parents=True, exist_ok=True)
     return Path(shutil.copy(path, folder / path.name))
+
+
+def reference_form(self: glnet.GLNet, enabled: bool = True) -> glnet.GLNet:
+    """A stand-in for `GLNet.to_deploy` that keeps the reference form: monkeypatched in, an
+    export traces the form that is silently wrong at other sizes (FIELD_NOTES trap 3). A
+    module-level function, so the session's trace cache shares its trace across workers."""
+    return self

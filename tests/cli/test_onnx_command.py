@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from helpers import rel_error, torch_logits
+from helpers import reference_form, rel_error, torch_logits
 from typer.testing import CliRunner
 
 import glnet
@@ -104,13 +104,16 @@ def test_cli_with_checkpoint_records_its_sha256(tiny: glnet.GLNet, tmp_path: Pat
 
 
 def test_cli_export_that_fails_verification_exits_1_keeps_the_file_and_says_failed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny: glnet.GLNet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The same silent mis-export, through the command: exit code 1, the file kept for
-    # inspection, FAILED in the summary and in the JSON report.
-    monkeypatch.setattr(glnet.GLNet, "to_deploy", lambda self, enabled=True: self)
+    # inspection, FAILED in the summary and in the JSON report. The weights, size (the
+    # default 224) and stand-in are test_onnx_export's: the session traces the wrong form once.
+    monkeypatch.setattr(glnet.GLNet, "to_deploy", reference_form)
+    ckpt = tmp_path / "tiny.pth"
+    torch.save({"model": tiny.state_dict()}, ckpt)
     out, report = tmp_path / "mis.onnx", tmp_path / "mis.json"
-    code, stdout, stderr = _cli("onnx", "--model", TINY, "--dynamic", "shape", "--input-size", "160",
+    code, stdout, stderr = _cli("onnx", "--model", TINY, "--checkpoint", str(ckpt), "--dynamic", "shape",
                                 "-o", str(out), "--json", str(report))
     assert code == 1 and "FAILED" in stdout + stderr and "Traceback" not in stdout + stderr
     assert out.is_file()

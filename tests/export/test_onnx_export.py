@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from helpers import rel_error, torch_logits
+from helpers import reference_form, rel_error, torch_logits
 from onnx import numpy_helper
 
 import glnet
@@ -121,7 +121,7 @@ def test_verification_catches_the_reference_forms_silent_misexport(
     # Trap 3: the reference form exports with dynamic H and W without any error, but its
     # adaptive pooling is baked to the traced size. Exporting it (by disabling the deploy
     # switch) must be caught by the verification at other shapes.
-    monkeypatch.setattr(glnet.GLNet, "to_deploy", lambda self, enabled=True: self)
+    monkeypatch.setattr(glnet.GLNet, "to_deploy", reference_form)  # traced once with test_onnx_command's
     path = tmp_path / "reference_form.onnx"
     export_onnx(tiny, path, OnnxExportOptions(dynamic="shape", input_size=(224, 224)))
     report = verify_onnx(path, tiny, VerifyOptions(max_photos=2))  # the random inputs alone show it
