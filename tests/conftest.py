@@ -73,8 +73,9 @@ def reference_layout() -> dict[str, dict[str, list[int]]]:
 @pytest.fixture(scope="session")
 def tiny_model() -> glnet.GLNet:
     """glnet_tiny with its weights moved away from their initial values (`glnet.testing`),
-    in eval mode: the model the Predictor, feature and serving tests export and compare
-    with. Shared by those modules, so a test must not change it."""
+    in eval mode: the model the feature tests export and compare with (the Predictor and
+    serving tests use glnet_tiny seed 3, whose traces the session shares with
+    test_onnx_export). Shared, so a test must not change it."""
     return seeded_model("glnet_tiny", seed=11)
 
 
