@@ -1,6 +1,6 @@
 """export.onnxruntime_int8: onnxruntime static int8 (QDQ) of a glnet-export ONNX file.
 
-glnet_tiny (seeded weights of its own, perturbed to look trained), calibrated on 16 crops of
+glnet_tiny seed 3 (seeded weights, perturbed to look trained) at 64 x 64, calibrated on 16 crops of
 the sample photographs; the int8 file is checked in a bare InferenceSession against the
 PyTorch model it came from, on the photographs, at batches 1 and 3.
 """
@@ -20,10 +20,10 @@ from artifacts.calibration import load_calibration
 from artifacts.errors import ExportError
 from artifacts.metadata import ArtifactMetadata
 from artifacts.preprocess import preprocess
-from export.onnx import export_onnx
+from export.onnx import OnnxExportOptions, export_onnx
 from export.onnx_int8_nodes import find_sensitive_nodes
 from export.onnxruntime_int8 import OrtInt8Result, quantize_onnxruntime_int8
-from glnet.testing import perturb_weights_
+from glnet.testing import seeded_model
 from verification.metrics import compare_outputs, tolerance_for
 
 ort = pytest.importorskip("onnxruntime")
@@ -42,19 +42,16 @@ def _crops(photos: list[Path], folder: Path, count: int = 16) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_int8_model() -> glnet.GLNet:
-    """glnet_tiny with seeded weights of its own: the shared `tiny_model` draws its
-    convolution weights from torch's global generator, whose state depends on the tests
-    that ran before, and int8's top-1 on a random-weight model moves with the weights."""
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = glnet.create_model("glnet_tiny")
-    return perturb_weights_(model, seed=11).eval()
+    """glnet_tiny seed 3 (`glnet.testing.seeded_model`: the same weights whatever ran before;
+    int8's top-1 on a random-weight model moves with the weights)."""
+    return seeded_model("glnet_tiny", seed=3)
 
 
 @pytest.fixture(scope="module")
 def fp32_onnx(tiny_int8_model: glnet.GLNet, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Dynamic batch at 64 x 64, as test_onnx_export exports the same weights: one trace for both."""
     path = tmp_path_factory.mktemp("ort_int8") / "tiny.onnx"
-    export_onnx(tiny_int8_model, path)
+    export_onnx(tiny_int8_model, path, OnnxExportOptions(input_size=(64, 64)))
     return path
 
 
