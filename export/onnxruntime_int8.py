@@ -280,7 +280,9 @@ def quantize_prepared(prepared: PreparedSource, output: Path, calib: Calibration
     start = time.perf_counter()
     notes: list[str] = []
     source, meta, settings, known = prepared.path, prepared.meta, prepared.settings, prepared.blocks
-    assert known or not (keep_float or budget_blocks), "blocks named: prepare_source(..., blocks=True)"
+    if (keep_float or budget_blocks) and not known:  # a caller's mistake, not the user's: say which
+        raise ValueError("quantize_prepared was given blocks to keep in float: prepare the source with "
+                         "prepare_source(..., blocks=True)")
     user_blocks = resolve_blocks(keep_float, known) if keep_float else ()
     budget_only = [b for b in resolve_blocks(budget_blocks, known) if b not in user_blocks] if budget_blocks else []
     kept_blocks = tuple(sorted((*user_blocks, *budget_only), key=block_order))

@@ -23,7 +23,7 @@ from artifacts.metadata import ArtifactMetadata
 from artifacts.onnx_blocks import BLOCK_KEY, BlockMapError, block_nodes, block_outputs, describe_blocks, fill_blocks
 from artifacts.openvino_ir import read_ir_block_outputs, read_ir_metadata
 from export.onnxruntime import convert_onnxruntime
-from export.onnxruntime_int8 import quantize_onnxruntime_int8
+from export.onnxruntime_int8 import prepare_source, quantize_onnxruntime_int8, quantize_prepared
 from export.precision import PrecisionOptions, write_precision_onnx
 from glnet.testing import seeded_model
 from glnet_export.cli import app
@@ -125,6 +125,10 @@ def test_unknown_block_names_get_one_line_with_the_valid_names(tiny_onnx: Path, 
     assert result.exit_code == 1 and "stages.1.blocks.7" in result.output and "Traceback" not in result.output
     assert describe_blocks(["head", "stages.0.blocks.1", "stages.0.blocks.0", "norm"]) == \
         "stages.0.blocks.0-1, norm, head"
+    # A source prepared without its block list cannot resolve names: the caller's mistake, said as such.
+    with pytest.raises(ValueError, match=r"prepare_source\(\.\.\., blocks=True\)"):
+        quantize_prepared(prepare_source(tiny_onnx), work / "never.onnx", calib, keep_float=["stages.0.blocks.0"])
+    assert not (work / "never.onnx").exists()
 
 
 def test_describe_blocks_collapses_only_consecutive_blocks() -> None:
