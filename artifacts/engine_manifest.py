@@ -199,10 +199,12 @@ def _match(manifest: EngineManifest, trt_version: str, gpu_name: str, compute_ca
     return device_match(built_on, BuildDevice(trt_version, gpu_name, compute_capability), manifest.version_compatible)
 
 
-def manifest_problems(manifest: EngineManifest, trt_version: str, gpu_name: str, compute_capability: str) -> list[str]:
-    """Why the engine cannot run with this TensorRT and GPU (empty when it can)."""
+def manifest_problems(manifest: EngineManifest, trt_version: str, gpu_name: str, compute_capability: str,
+                      match: DeviceMatch | None = None) -> list[str]:
+    """Why the engine cannot run with this TensorRT and GPU (empty when it can); `match` is
+    `device_match`'s answer for them when the caller has it already."""
     problems = []
-    match = _match(manifest, trt_version, gpu_name, compute_capability)
+    match = match or _match(manifest, trt_version, gpu_name, compute_capability)
     if not match.tensorrt and manifest.version_compatible:
         problems.append(f"it was built (version-compatible) with TensorRT {manifest.tensorrt_version}, "
                         f"which TensorRT {trt_version} cannot run")
@@ -217,11 +219,12 @@ def manifest_problems(manifest: EngineManifest, trt_version: str, gpu_name: str,
 def check_manifest(manifest: EngineManifest, engine: Path, trt_version: str, gpu_name: str,
                    compute_capability: str) -> list[str]:
     """Raise one clear ManifestError line on a mismatch; return warnings (another GPU of the same kind)."""
-    problems = manifest_problems(manifest, trt_version, gpu_name, compute_capability)
+    match = _match(manifest, trt_version, gpu_name, compute_capability)
+    problems = manifest_problems(manifest, trt_version, gpu_name, compute_capability, match)
     if problems:
         raise ManifestError(f"{engine} cannot run here: {'; '.join(problems)}. Rebuild it on this machine with "
                             f"`glnet-export tensorrt {manifest.source_onnx}`")
-    if not _match(manifest, trt_version, gpu_name, compute_capability).gpu_name:
+    if not match.gpu_name:
         return [f"{engine} was tuned on {manifest.gpu_name}; this is {gpu_name} (same compute capability: it runs, "
                 "but rebuilding here may be faster)"]
     return []
