@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from artifacts.tegra import meminfo_bytes, read_text
+from artifacts.tegra import L4TRelease, meminfo_bytes, read_l4t_release, read_text
 
-from .jetson import L4TRelease, Run, parse_nv_tegra_release, read_clock_state, read_power_mode
+from .jetson import Run, read_clock_state, read_power_mode
 from .sysinfo import _command as run_command  # stdout, or "" when missing, failing or too slow
 from .sysinfo import memory_bytes
 
@@ -219,7 +219,7 @@ def check_cpu_backends(env: DoctorEnv) -> list[Check]:
 
 def run_doctor(env: DoctorEnv | None = None) -> DoctorReport:
     env = env or DoctorEnv()
-    release = parse_nv_tegra_release(read_text(env.nv_tegra_release))
+    release = read_l4t_release(env.nv_tegra_release)
     checks = [check_jetpack(release), check_tensorrt(env, release), check_cuda(env, release)]
     if release is not None:  # nvpmodel and jetson_clocks exist on a Jetson only
         checks += [check_power_mode(env), check_clocks(env)]

@@ -1,9 +1,10 @@
-"""A Jetson's release, power mode and clock state, parsed from the text its own tools print.
+"""A Jetson's power mode and clock state, parsed from the text its own tools print.
 
-Three sources, each parsed by a pure function so the tests feed them recorded outputs
-(tests/bench/data/jetson/, each file saying where it was recorded):
+Two sources, each parsed by a pure function so the tests feed them recorded outputs
+(tests/bench/data/jetson/, each file saying where it was recorded); the third, the L4T
+release in `/etc/nv_tegra_release` and its JetPack, is `artifacts.tegra`'s (export decides
+by it too whether it builds on a Jetson):
 
-- `/etc/nv_tegra_release`: the Jetson Linux (L4T) release, mapped to its JetPack;
 - `nvpmodel -q`: the power mode (a name such as MAXN_SUPER or 25W, then its id);
 - `jetson_clocks --show`: every clock's minimum, maximum and current frequency.
 
@@ -25,54 +26,8 @@ from dataclasses import dataclass
 # argv -> stdout, "" when the command is missing or fails (bench.sysinfo's runner is one).
 Run = Callable[..., str]
 
-# Jetson Linux release -> JetPack, from NVIDIA's JetPack archive as jetson_stats keeps it
-# (rbonghi/jetson_stats jtop/core/jetson_variables.py, NVIDIA_JETPACK) and its pull requests
-# #792 (L4T 38.4 is JetPack 7.1) and #881 (L4T 39.2.0 is JetPack 7.2, on Thor and Orin alike);
-# OE4T/meta-tegra's "JetPack 7.2 / L4T R39.2.0" update says 7.2 is the first JetPack 7 for Orin.
-JETPACK_FOR_L4T = {
-    "35.5.0": "5.1.3", "35.6.0": "5.1.4",
-    "36.2.0": "6.0 DP", "36.3.0": "6.0", "36.4.0": "6.1", "36.4.2": "6.1 (rev1)", "36.4.3": "6.2",
-    "36.4.4": "6.2.1",
-    "38.2.0": "7.0", "38.4.0": "7.1", "39.2.0": "7.2",
-}
-# A release the table does not know yet is still placed by its major: R36 is always JetPack 6,
-# R38 (Thor only) and R39 JetPack 7. A guessed minor could name the wrong release.
-JETPACK_FOR_MAJOR = {32: "4.x", 35: "5.x", 36: "6.x", 38: "7.x", 39: "7.x"}
-
-_RELEASE = re.compile(r"#\s*R(\d+)\s*\(release\),\s*REVISION:\s*(\d+(?:\.\d+)*)")
 _POWER = re.compile(r"NV Power Mode:\s*(\S+)")
 _CLOCK = re.compile(r"^(?:(?P<cpu>cpu\d+):|(?P<unit>GPU|EMC))\s+(?P<fields>.*MaxFreq=.*)$")
-
-
-@dataclass(frozen=True)
-class L4TRelease:
-    major: int  # 36
-    revision: str  # "4.3"
-    line: str  # the file's first line, as written
-
-    @property
-    def version(self) -> str:
-        """'36.4.3' (a two-part revision gets a .0, as NVIDIA numbers its releases)."""
-        rev = self.revision if self.revision.count(".") >= 1 else f"{self.revision}.0"
-        return f"{self.major}.{rev}"
-
-    @property
-    def jetpack(self) -> str:
-        """'6.2', or '6.x' for a release the table does not know; '' for an unknown major."""
-        return JETPACK_FOR_L4T.get(self.version, JETPACK_FOR_MAJOR.get(self.major, ""))
-
-    def describe(self) -> str:
-        jetpack = f"JetPack {self.jetpack}" if self.jetpack else "JetPack unknown"
-        return f"L4T R{self.version} ({jetpack})"
-
-
-def parse_nv_tegra_release(text: str) -> L4TRelease | None:
-    """The release in `/etc/nv_tegra_release` ("# R36 (release), REVISION: 4.3, GCID: ..."), or None."""
-    match = _RELEASE.search(text)
-    if match is None:
-        return None
-    line = next((ln for ln in text.splitlines() if _RELEASE.search(ln)), "")
-    return L4TRelease(int(match.group(1)), match.group(2), line.lstrip("# ").strip())
 
 
 @dataclass(frozen=True)

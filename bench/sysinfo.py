@@ -22,9 +22,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from artifacts.tegra import board_model, is_jetson, meminfo_bytes, read_text
+from artifacts.tegra import board_model, is_jetson, meminfo_bytes, read_l4t_release, read_text
 
-from .jetson import parse_nv_tegra_release, read_clock_state, read_power_mode
+from .jetson import read_clock_state, read_power_mode
 
 LIBRARIES = ("glnet-export", "torch", "numpy", "onnx", "onnxruntime", "openvino", "nncf", "tensorrt")
 # CPU features that change which kernels (and precisions) the runtimes pick.
@@ -170,9 +170,10 @@ def gpu_info() -> list[GpuInfo]:
 
 def jetson_info(device_tree: Path = Path("/proc/device-tree/model"),
                 release: Path = Path("/etc/nv_tegra_release")) -> tuple[str, str, str]:
-    """(board model, nvpmodel power mode, L4T release); empty strings off a Jetson."""
+    """(board model, nvpmodel power mode, L4T release line); empty strings off a Jetson. The
+    release is recorded only where `read_l4t_release` parses it, as `artifacts.tegra` decides."""
     mode = read_power_mode(_command)
-    l4t = parse_nv_tegra_release(read_text(release))
+    l4t = read_l4t_release(release)
     return board_model(device_tree), (str(mode) if mode else ""), (l4t.line if l4t else "")
 
 

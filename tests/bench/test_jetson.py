@@ -8,15 +8,18 @@ from pathlib import Path
 import pytest
 from jetson_recorded import FakeRun, recorded
 
-from artifacts.tegra import meminfo_bytes, read_text
-from bench import sysinfo
-from bench.jetson import (
+from artifacts.tegra import (
     L4TRelease,
-    parse_jetson_clocks,
+    is_jetson,
+    jetson_model,
+    meminfo_bytes,
     parse_nv_tegra_release,
-    parse_nvpmodel,
-    read_clock_state,
+    read_l4t_release,
+    read_text,
 )
+from bench import sysinfo
+from bench.doctor import check_jetpack
+from bench.jetson import parse_jetson_clocks, parse_nvpmodel, read_clock_state
 from bench.report import BenchReport, to_dict
 from bench.sysinfo import device_from_dict
 
@@ -53,6 +56,22 @@ def test_one_reader_of_the_system_files_for_every_layer(tmp_path: Path) -> None:
     assert parsed is not None and JETSON_INFO(tmp_path / "model", release)[2] == parsed.line
     release.write_text("not a release\n")  # a file that names no release: no release recorded
     assert JETSON_INFO(tmp_path / "model", release)[2] == ""
+
+
+@pytest.mark.parametrize("text", ["", "not a release\n", "# R36 (release)\n"])
+def test_a_release_file_that_names_no_release_is_not_a_jetson_anywhere(tmp_path: Path, text: str) -> None:
+    """export (jetson_model), the bench results (sysinfo) and the doctor share one rule: the file's
+    presence alone does not make a Jetson; a release it names does."""
+    (tmp_path / "etc").mkdir()
+    release = tmp_path / "etc/nv_tegra_release"
+    release.write_text(text)
+    board, _, line = JETSON_INFO(tmp_path / "model", release)  # what a bench result records
+    assert jetson_model(tmp_path) is None and line == "" and not is_jetson(board, line)
+    assert check_jetpack(read_l4t_release(release)).found.startswith("not a Jetson")
+    release.write_text(recorded("nv_tegra_release_r36.4.3.txt"))
+    board, _, line = JETSON_INFO(tmp_path / "model", release)
+    assert jetson_model(tmp_path) == "Jetson" and is_jetson(board, line)
+    assert check_jetpack(read_l4t_release(release)).found == "L4T R36.4.3 (JetPack 6.2)"
 
 
 def test_nvpmodel_plain_and_verbose() -> None:

@@ -170,6 +170,9 @@ def test_a_jetson_gets_a_quarter_of_its_memory_as_workspace(tmp_path: Path, sour
     (jetson / "etc").mkdir()
     (jetson / "etc/nv_tegra_release").write_text("# R36 (release), REVISION: 4.3, GCID: 38968081\n")
     assert plan_build(source, TensorRTBuildOptions(), host=jetson).jetson == "Jetson"  # the release file alone
+    (jetson / "etc/nv_tegra_release").write_text("")  # present but naming no release, as the doctor reads it
+    empty_release = plan_build(source, TensorRTBuildOptions(), host=jetson)
+    assert empty_release.jetson is None and empty_release.workspace_mb is None
     assert default_workspace_mb("Jetson", 512 << 20) == 256  # never below 256 MB
 
 
