@@ -34,7 +34,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from artifacts.backends import cuda_device, require_tensorrt
-from artifacts.engine_manifest import EngineManifest, ManifestError, check_manifest, manifest_path
+from artifacts.engine_manifest import (
+    EngineManifest,
+    ManifestError,
+    Profile,
+    check_manifest,
+    format_shape,
+    manifest_path,
+)
 from artifacts.errors import one_line
 from artifacts.metadata import ArtifactMetadata, MetadataError
 
@@ -183,14 +190,15 @@ class TensorRTRunner(Runner):
             self._context.nvtx_verbosity = trt.ProfilingVerbosity.LAYER_NAMES_ONLY  # the default build's cost
         self._bindings: OrderedDict[tuple[int, ...], _Binding] = OrderedDict()
         self._bound: tuple[int, ...] | None = None  # the shape whose buffers the context is set to
-        self._profile: dict[str, list[tuple[int, ...]]] = {}
+        self._profile: dict[str, Profile] = {}  # each input's optimization profile 0, as the engine holds it
         for i in range(engine.num_io_tensors):
             name = engine.get_tensor_name(i)
             shape = tuple(d if d >= 0 else None for d in _sizes(engine.get_tensor_shape(name)))
             dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name))).name
             if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
                 self.inputs.append(TensorSpec(name, shape, dtype))
-                self._profile[name] = [_sizes(dims) for dims in engine.get_tensor_profile_shape(name, 0)]
+                low, opt, high = (_sizes(dims) for dims in engine.get_tensor_profile_shape(name, 0))
+                self._profile[name] = Profile(name, low, opt, high)
             else:
                 self.outputs.append(TensorSpec(name, shape, dtype))
         if self.manifest is not None:
@@ -210,12 +218,16 @@ class TensorRTRunner(Runner):
         return int(self._engine.device_memory_size if size is None else size)
 
     def _check_profile(self, name: str, shape: tuple[int, ...]) -> None:
-        low, _, high = self._profile[name]
-        if any(s < lo or s > hi for s, lo, hi in zip(shape, low, high, strict=True)):
-            fmt = "x".join
+        """One line for a shape the engine cannot take. The rank first: `prepare` gets a bare
+        tuple that no array check has seen, and a 3-D shape is no profile question."""
+        profile = self._profile[name]
+        if len(shape) != len(profile.min):
+            raise RuntimeInputError(f"input shape {format_shape(shape) or '()'} has {len(shape)} axes; "
+                                    f"the engine's input {name!r} has {len(profile.min)} (N x 3 x H x W)")
+        if not profile.accepts(shape):
             raise RuntimeInputError(
-                f"input shape {fmt(map(str, shape))} is outside the engine's profile "
-                f"{fmt(map(str, low))} .. {fmt(map(str, high))} (rebuild with other --min/--max)")
+                f"input shape {format_shape(shape)} is outside the engine's profile "
+                f"{format_shape(profile.min)} .. {format_shape(profile.max)} (rebuild with other --min/--max)")
 
     def _set_shape(self, shape: tuple[int, ...]) -> None:
         name = self.inputs[0].name

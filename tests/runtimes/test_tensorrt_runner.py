@@ -102,8 +102,12 @@ def test_prepare_captures_the_graph_before_the_first_call(monkeypatch: pytest.Mo
             np.testing.assert_allclose(runner.infer_all(x)["features"], 2 * x, rtol=1e-6)
         # a: replays from its first call; b, not prepared: run + capture in the call, as before
         assert cuda.replays == 2 and cuda.captures == 2 and context.enqueued == 2
-        with pytest.raises(runtimes.RuntimeInputError, match="outside the engine's profile"):
+        with pytest.raises(runtimes.RuntimeInputError, match="outside the engine's profile 1x3x32x32 .. 4x3x128x128"):
             runner.prepare((8, 3, 64, 64))
+        for shape, axes in [((3, 64, 64), 3), ((1, 1, 3, 64, 64), 5), ((), 0)]:  # a bare tuple, no array check
+            with pytest.raises(runtimes.RuntimeInputError, match=rf"has {axes} axes; the engine's input 'input' has 4"):
+                runner.prepare(shape)
+        assert cuda.captures == 2 and context.enqueued == 2  # refused before any buffer or capture
     with runtimes.load(_engine(tmp_path)) as plain:  # no graphs: nothing to do ahead
         plain.prepare(a)
         assert world.cuda[-1].memory == {} and plain._context.enqueued == 0
