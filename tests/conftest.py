@@ -197,14 +197,16 @@ def digits_labelled(digits: TrainedDigits, tmp_path_factory: pytest.TempPathFact
 
 @pytest.fixture(scope="session")
 def tiny_dynamic_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """glnet_tiny seed 3 exported once per worker: dynamic batch and size, traced at 64 x 64,
-    verified against PyTorch by the export itself. The file that the OpenVINO, residual-fold,
+    """`helpers.shared_tiny` exported once per worker: dynamic batch and size, traced at
+    `helpers.TINY_SIZE`, verified against PyTorch by the export itself. The file that the OpenVINO, residual-fold,
     keep-float, precision-debugger and bench tests convert, time and plant faults in: each
     copies it (`helpers.copy_of`) into its own folder, so files written beside it stay its own."""
+    from helpers import TINY_SIZE, shared_tiny
+
     from export.onnx import OnnxExportOptions, export_onnx
 
     path = tmp_path_factory.mktemp("tiny-dynamic") / "tiny.onnx"
-    export_onnx(seeded_model("glnet_tiny", seed=3), path, OnnxExportOptions(input_size=(64, 64), dynamic="shape"))
+    export_onnx(shared_tiny(), path, OnnxExportOptions(input_size=(TINY_SIZE, TINY_SIZE), dynamic="shape"))
     return path
 
 
