@@ -1,9 +1,9 @@
 """The block map (artifacts.onnx_blocks) and `--keep-float NAME` on the int8 converters.
 
-glnet_tiny seed 3, dynamic shape, 64 x 64: the trace test_openvino, test_residual_fold and
-test_bench share (the session traces it once). The map is checked against the order PyTorch
-runs the blocks in; keep-float by counting the quantize nodes in the kept block, for real
-in onnxruntime's quantizer and NNCF.
+`helpers.shared_tiny`, dynamic shape, at `helpers.TINY_SIZE`: the trace test_openvino,
+test_residual_fold and test_bench share (the session traces it once). The map is checked
+against the order PyTorch runs the blocks in; keep-float by counting the quantize nodes in
+the kept block, for real in onnxruntime's quantizer and NNCF.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import onnx
 import pytest
-from helpers import copy_of
+from helpers import copy_of, shared_tiny
 from typer.testing import CliRunner
 
 import glnet
@@ -25,7 +25,6 @@ from artifacts.openvino_ir import read_ir_block_outputs, read_ir_metadata
 from export.onnxruntime import convert_onnxruntime
 from export.onnxruntime_int8 import prepare_source, quantize_onnxruntime_int8, quantize_prepared
 from export.precision import PrecisionOptions, write_precision_onnx
-from glnet.testing import seeded_model
 from glnet_export.cli import app
 
 KEPT = "stages.1.blocks.0"  # a GLMix block: Convs and MatMuls int8 would quantize
@@ -34,7 +33,7 @@ LIKE_KEPT = "stages.0.blocks.0"  # the same kind of block, not kept
 
 @pytest.fixture(scope="module")
 def tiny() -> glnet.GLNet:
-    return seeded_model("glnet_tiny", seed=3)  # as test_openvino: the session traces it once
+    return shared_tiny()  # as test_openvino: the session traces it once
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +43,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_onnx(tiny_dynamic_onnx: Path, work: Path) -> Path:
-    return copy_of(tiny_dynamic_onnx, work)  # `tiny` exported: dynamic shape, 64 x 64
+    return copy_of(tiny_dynamic_onnx, work)  # `tiny` exported: dynamic shape, at `TINY_SIZE`
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from helpers import reference_form, rel_error, torch_logits
+from helpers import TINY_SIZE, reference_form, rel_error, shared_tiny, torch_logits
 from onnx import numpy_helper
 
 import glnet
@@ -24,26 +24,24 @@ import runtimes
 from artifacts.atomic import atomic_outputs
 from artifacts.metadata import ArtifactMetadata
 from export.onnx import OnnxExportOptions, export_onnx
-from glnet.testing import seeded_model
 from verification.artifact import VerifyOptions, verify_onnx
 from verification.metrics import shapes_to_verify
 
 TINY = "glnet_tiny"
-# The size every export here is traced at: the session traces each (weights, options) once
-# (conftest), and the shared `tiny_dynamic_onnx` is this model traced at this size with a
-# dynamic shape, so these exports reuse traces the session makes anyway.
-SIZE = 64
 
 
 @pytest.fixture(scope="module")
 def tiny() -> glnet.GLNet:
-    return seeded_model(TINY, seed=3)
+    # Every export here is traced at `TINY_SIZE`: the session traces each (weights, options)
+    # once (conftest), and the shared `tiny_dynamic_onnx` is this model traced at this size
+    # with a dynamic shape, so these exports reuse traces the session makes anyway.
+    return shared_tiny()
 
 
 @pytest.mark.parametrize("dynamic", ["none", "batch", "shape"])
 def test_tiny_export_runs_right_at_other_shapes(dynamic: str, tiny: glnet.GLNet, tmp_path: Path) -> None:
     path = tmp_path / "tiny.onnx"
-    result = export_onnx(tiny, path, OnnxExportOptions(dynamic=dynamic, input_size=(SIZE, SIZE)))
+    result = export_onnx(tiny, path, OnnxExportOptions(dynamic=dynamic, input_size=(TINY_SIZE, TINY_SIZE)))
     assert path.is_file() and result.size_bytes == path.stat().st_size
     assert list(tmp_path.iterdir()) == [path], "one self-contained file, no side files"
     report = verify_onnx(path, tiny)
@@ -59,12 +57,12 @@ def test_tiny_export_runs_right_at_other_shapes(dynamic: str, tiny: glnet.GLNet,
     with runtimes.load(path) as runner:
         graph_shape = runner.inputs[0].shape
         if dynamic == "none":
-            assert graph_shape == (1, 3, SIZE, SIZE)
+            assert graph_shape == (1, 3, TINY_SIZE, TINY_SIZE)
             with pytest.raises(runtimes.RuntimeInputError, match="fixed size"):
-                runner.infer(rng.standard_normal((2, 3, SIZE, SIZE), dtype=np.float32))
+                runner.infer(rng.standard_normal((2, 3, TINY_SIZE, TINY_SIZE), dtype=np.float32))
             return
         assert not isinstance(graph_shape[0], int), "batch must stay dynamic"
-        shapes = [(3, 3, SIZE, SIZE)] + ([(1, 3, 224, 224), (2, 3, 97, 131), (1, 3, 64, 96)]
+        shapes = [(3, 3, TINY_SIZE, TINY_SIZE)] + ([(1, 3, 224, 224), (2, 3, 97, 131), (1, 3, 64, 96)]
                                          if dynamic == "shape" else [])
         for shape in shapes:
             x = rng.standard_normal(shape, dtype=np.float32)
@@ -73,13 +71,15 @@ def test_tiny_export_runs_right_at_other_shapes(dynamic: str, tiny: glnet.GLNet,
 
 def test_metadata_is_stored_and_parsed_back(tiny: glnet.GLNet, tmp_path: Path) -> None:
     path = tmp_path / "meta.onnx"
-    export_onnx(tiny, path, OnnxExportOptions(dynamic="batch", input_size=(SIZE, SIZE)), checkpoint_sha256="ab" * 32)
+    export_onnx(tiny, path, OnnxExportOptions(dynamic="batch", input_size=(TINY_SIZE, TINY_SIZE)),
+                checkpoint_sha256="ab" * 32)
     props = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
     meta = ArtifactMetadata.from_props(props)
     assert meta.model == TINY and meta.num_classes == 1000
     assert meta.config["dims"] == list(tiny.cfg.dims)
     assert OnnxExportOptions().input_size == (224, 224), "the default export size"
-    assert meta.input_size == (SIZE, SIZE) and meta.mean == (0.485, 0.456, 0.406) and meta.color_order == "RGB"
+    assert meta.input_size == (TINY_SIZE, TINY_SIZE)
+    assert meta.mean == (0.485, 0.456, 0.406) and meta.color_order == "RGB"
     assert meta.checkpoint_sha256 == "ab" * 32 and not meta.random_weights
     assert meta.torch_version == torch.__version__ and meta.onnx_version == onnx.__version__
     assert meta.glnet_export_version and meta.labels == "imagenet-1k" and meta.opset == 20
@@ -104,7 +104,7 @@ def test_example_batch_never_freezes_a_dynamic_batch(tiny: glnet.GLNet, tmp_path
         assert dim0.dim_value == 1, "the trap: a batch-1 example gives a fixed batch of 1"
     # Ours asks for batch 1 and still gets a dynamic batch.
     ours = tmp_path / "ours.onnx"
-    export_onnx(tiny, ours, OnnxExportOptions(dynamic="batch", batch=1, input_size=(SIZE, SIZE)))
+    export_onnx(tiny, ours, OnnxExportOptions(dynamic="batch", batch=1, input_size=(TINY_SIZE, TINY_SIZE)))
     dim0 = onnx.load(ours).graph.input[0].type.tensor_type.shape.dim[0]
     assert dim0.dim_param and not dim0.dim_value
 
@@ -133,7 +133,7 @@ def test_verification_catches_the_reference_forms_silent_misexport(
 
 def test_verification_fails_loudly_on_a_corrupted_weight(tiny: glnet.GLNet, tmp_path: Path) -> None:
     path = tmp_path / "good.onnx"
-    export_onnx(tiny, path, OnnxExportOptions(dynamic="batch", input_size=(SIZE, SIZE)))
+    export_onnx(tiny, path, OnnxExportOptions(dynamic="batch", input_size=(TINY_SIZE, TINY_SIZE)))
     proto = onnx.load(path)
     # Change one weight: the largest initializer, one element.
     init = max(proto.graph.initializer, key=lambda t: int(np.prod(t.dims)))
@@ -150,7 +150,7 @@ def test_verification_fails_loudly_on_a_corrupted_weight(tiny: glnet.GLNet, tmp_
 def test_interrupted_export_leaves_nothing_behind(tiny: glnet.GLNet, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "model.onnx"
-    export_onnx(tiny, path, OnnxExportOptions(dynamic="none", input_size=(SIZE, SIZE), simplify=False))
+    export_onnx(tiny, path, OnnxExportOptions(dynamic="none", input_size=(TINY_SIZE, TINY_SIZE), simplify=False))
     good = path.read_bytes()
 
     def interrupted_save(proto: onnx.ModelProto, target: Path, **_: object) -> None:
@@ -159,7 +159,7 @@ def test_interrupted_export_leaves_nothing_behind(tiny: glnet.GLNet, tmp_path: P
 
     monkeypatch.setattr(onnx, "save_model", interrupted_save)
     with pytest.raises(KeyboardInterrupt):
-        export_onnx(tiny, path, OnnxExportOptions(dynamic="batch", input_size=(SIZE, SIZE), simplify=False))
+        export_onnx(tiny, path, OnnxExportOptions(dynamic="batch", input_size=(TINY_SIZE, TINY_SIZE), simplify=False))
     assert sorted(tmp_path.iterdir()) == [path], "no temporary file left"
     assert path.read_bytes() == good, "the earlier good file is untouched"
 
@@ -172,7 +172,7 @@ def test_failed_simplification_keeps_the_graph_and_says_why(tiny: glnet.GLNet, t
         raise RuntimeError("simulated onnxsim crash")
 
     monkeypatch.setattr(onnxsim, "simplify", broken)
-    result = export_onnx(tiny, tmp_path / "m.onnx", OnnxExportOptions(input_size=(SIZE, SIZE)))
+    result = export_onnx(tiny, tmp_path / "m.onnx", OnnxExportOptions(input_size=(TINY_SIZE, TINY_SIZE)))
     assert not result.simplified
     assert result.nodes_final < result.nodes_exported  # the onnxscript optimizer still ran
     assert any("simulated onnxsim crash" in n for n in result.notes)
@@ -187,7 +187,7 @@ def test_failed_optimizer_keeps_the_graph_and_says_why(tiny: glnet.GLNet, tmp_pa
         raise RuntimeError("simulated optimizer crash")
 
     monkeypatch.setattr(onnxscript.optimizer, "optimize", broken)
-    result = export_onnx(tiny, tmp_path / "m.onnx", OnnxExportOptions(input_size=(SIZE, SIZE)))
+    result = export_onnx(tiny, tmp_path / "m.onnx", OnnxExportOptions(input_size=(TINY_SIZE, TINY_SIZE)))
     assert result.simplified and any("simulated optimizer crash" in n for n in result.notes)
     assert verify_onnx(result.path, tiny).passed
 

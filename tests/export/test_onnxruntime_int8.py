@@ -1,8 +1,8 @@
 """export.onnxruntime_int8: onnxruntime static int8 (QDQ) of a glnet-export ONNX file.
 
-glnet_tiny seed 3 (seeded weights, perturbed to look trained) at 64 x 64, calibrated on 16 crops of
-the sample photographs; the int8 file is checked in a bare InferenceSession against the
-PyTorch model it came from, on the photographs, at batches 1 and 3.
+`helpers.shared_tiny` (seeded weights, perturbed to look trained) at `helpers.TINY_SIZE`,
+calibrated on 16 crops of the sample photographs; the int8 file is checked in a bare
+InferenceSession against the PyTorch model it came from, on the photographs, at batches 1 and 3.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import TINY_SIZE, shared_tiny
 from PIL import Image
 
 import glnet
@@ -23,7 +24,6 @@ from artifacts.preprocess import preprocess
 from export.onnx import OnnxExportOptions, export_onnx
 from export.onnx_int8_nodes import find_sensitive_nodes
 from export.onnxruntime_int8 import OrtInt8Result, quantize_onnxruntime_int8
-from glnet.testing import seeded_model
 from verification.metrics import compare_outputs, tolerance_for
 
 ort = pytest.importorskip("onnxruntime")
@@ -42,16 +42,16 @@ def _crops(photos: list[Path], folder: Path, count: int = 16) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_int8_model() -> glnet.GLNet:
-    """glnet_tiny seed 3 (`glnet.testing.seeded_model`: the same weights whatever ran before;
-    int8's top-1 on a random-weight model moves with the weights)."""
-    return seeded_model("glnet_tiny", seed=3)
+    """`helpers.shared_tiny` (the same weights whatever ran before; int8's top-1 on a
+    random-weight model moves with the weights)."""
+    return shared_tiny()
 
 
 @pytest.fixture(scope="module")
 def fp32_onnx(tiny_int8_model: glnet.GLNet, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Dynamic batch at 64 x 64, as test_onnx_export exports the same weights: one trace for both."""
+    """Dynamic batch at `TINY_SIZE`, as test_onnx_export exports the same weights: one trace for both."""
     path = tmp_path_factory.mktemp("ort_int8") / "tiny.onnx"
-    export_onnx(tiny_int8_model, path, OnnxExportOptions(input_size=(64, 64)))
+    export_onnx(tiny_int8_model, path, OnnxExportOptions(input_size=(TINY_SIZE, TINY_SIZE)))
     return path
 
 

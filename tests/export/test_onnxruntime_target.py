@@ -17,6 +17,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from helpers import TINY_SIZE, shared_tiny
 from typer.testing import CliRunner
 
 import glnet
@@ -216,13 +217,13 @@ def test_tensorrt_provider_check_refuses_the_targeted_file_before_any_session(fi
 @pytest.fixture(scope="module", params=["batch", "shape"])
 def exported(request: pytest.FixtureRequest, files: dict[str, object]) -> Path:
     """The portable files the fusion starts from: the module's dynamic-shape one, and one
-    with a dynamic batch (fixed height and width): glnet_tiny seed 3 at 64 x 64, as
+    with a dynamic batch (fixed height and width): `helpers.shared_tiny` at `TINY_SIZE`, as
     test_onnx_export exports it, so that the session traces it once for both."""
     if request.param == "shape":
         return files["portable"]  # type: ignore[return-value]
     path = files["folder"] / "tiny_batch.onnx"  # type: ignore[operator]
     if not path.exists():
-        export_onnx(seeded_model("glnet_tiny", seed=3), path, OnnxExportOptions(dynamic="batch", input_size=(64, 64)))
+        export_onnx(shared_tiny(), path, OnnxExportOptions(dynamic="batch", input_size=(TINY_SIZE, TINY_SIZE)))
     return path
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import copy_of
+from helpers import copy_of, shared_tiny
 from helpers_trained import TrainedDigits
 from typer.testing import CliRunner
 
@@ -22,7 +22,6 @@ from artifacts.backends import BackendUnavailableError
 from artifacts.calibration import CalibrationError, calibration_sizes
 from export.openvino import OpenVinoOptions, convert_openvino
 from export.openvino_int8 import SensitiveNodes, find_sensitive_nodes, ignored_scope
-from glnet.testing import seeded_model
 from glnet_export.cli import app
 from runtimes.openvino import OpenVinoRunner
 from verification.artifact import VerifyOptions
@@ -37,7 +36,7 @@ SHAPES = [(1, 3, 64, 64), (3, 3, 64, 64), (1, 3, 128, 128), (2, 3, 49, 81)]
 
 @pytest.fixture(scope="module")
 def tiny() -> glnet.GLNet:
-    return seeded_model(TINY, seed=3)  # as test_bench and test_residual_fold: the session traces it once for all
+    return shared_tiny()  # as test_bench and test_residual_fold: the session traces it once for all
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +46,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_onnx(tiny_dynamic_onnx: Path, work: Path) -> Path:
-    return copy_of(tiny_dynamic_onnx, work)  # `tiny` exported: dynamic shape, 64 x 64
+    return copy_of(tiny_dynamic_onnx, work)  # `tiny` exported: dynamic shape, at `TINY_SIZE`
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from helpers import TINY_SIZE, shared_tiny
 from typer.testing import CliRunner
 
 import runtimes
@@ -22,7 +23,6 @@ from export.onnx import OnnxExportOptions, _quiet_exporter, export_onnx
 from export.passes.layer_norm import fuse_channel_layer_norms
 from export.precision import PrecisionOptions, sensitive_nodes, to_fp16, write_precision_onnx
 from glnet.blocks import GLMixBlock
-from glnet.testing import seeded_model
 from glnet_export.cli import app
 from verification.artifact import VerifyOptions, verify_artifact
 
@@ -34,10 +34,10 @@ def tiny(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-d
     torch.manual_seed(0)
     # Perturbed weights: with a fresh init every LayerNorm is the identity affine and a
     # fusion that lost (or swapped) a norm's scale and bias would still compute the same.
-    # Seed 3 at 64 x 64 with a dynamic batch, as test_onnx_export: the session traces it once.
-    net = seeded_model("glnet_tiny", seed=3)
+    # `shared_tiny` at `TINY_SIZE` with a dynamic batch, as test_onnx_export: the session traces it once.
+    net = shared_tiny()
     path = tmp_path_factory.mktemp("precision") / "glnet_tiny.onnx"
-    export_onnx(net, path, OnnxExportOptions(dynamic="batch", input_size=(64, 64)))
+    export_onnx(net, path, OnnxExportOptions(dynamic="batch", input_size=(TINY_SIZE, TINY_SIZE)))
     return net, path
 
 
@@ -81,7 +81,7 @@ def test_channel_layer_norms_fuse_back_into_layer_normalization(tiny) -> None:  
     onnx.checker.check_model(model, full_check=True)
     fused = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     plain = ort.InferenceSession(str(tiny[1]), providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).normal(size=(2, 3, 64, 64)).astype(np.float32)
+    x = np.random.default_rng(0).normal(size=(2, 3, TINY_SIZE, TINY_SIZE)).astype(np.float32)
     a, b = fused.run(None, {"input": x})[0], plain.run(None, {"input": x})[0]
     assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max()
     assert fuse_channel_layer_norms(model) == 0  # nothing left to fuse

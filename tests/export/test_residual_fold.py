@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from helpers import copy_of
+from helpers import copy_of, shared_tiny
 from onnx import TensorProto, helper, numpy_helper
 
 from export.onnxruntime import convert_onnxruntime
@@ -17,7 +17,6 @@ from export.openvino import OpenVinoOptions, convert_openvino
 from export.passes.openvino_fold import fold_residual_depthwise_ov
 from export.passes.residual_fold import fold_residual_depthwise
 from glnet.layers import ResidualDWConv
-from glnet.testing import seeded_model
 from runtimes.openvino import OpenVinoRunner
 
 C = 4
@@ -80,7 +79,7 @@ def test_only_exact_matches_fold_and_outputs_stay_the_same(convs: list, extra_us
 
 def test_the_portable_file_keeps_its_residual_adds_and_the_onnxruntime_file_folds_them(tiny_dynamic_onnx: Path,
                                                                                        tmp_path: Path) -> None:
-    model = seeded_model("glnet_tiny", seed=3)
+    model = shared_tiny()
     residual = sum(1 for name, module in model.named_modules()
                    if isinstance(module, ResidualDWConv) or (name.endswith("pos_conv") and module is not None))
     assert residual == 10
