@@ -43,7 +43,7 @@ FAST = dict(warmup=Budget(count=1), measure=Budget(count=3), threads=2, edge=Fal
 def artifacts(tiny_dynamic_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | str]:
     """A dynamic-shape tiny ONNX file and, when OpenVINO is installed, its IR (or why not)."""
     folder = tmp_path_factory.mktemp("bench")
-    found: dict[str, Path | str] = {"onnx": copy_of(tiny_dynamic_onnx, folder)}  # glnet_tiny seed 3
+    found: dict[str, Path | str] = {"onnx": copy_of(tiny_dynamic_onnx, folder)}  # `helpers.shared_tiny`
     try:
         import openvino  # noqa: F401
 

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import TINY_SIZE, shared_tiny
 from onnx import numpy_helper
 from typer.testing import CliRunner
 
@@ -33,18 +34,18 @@ CONSOLE_SCRIPT = [sys.executable, "-c", "from glnet_export.cli import main; main
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("cli")
-    # glnet_tiny seed 3 at 64 x 64, as `tiny_dynamic_onnx` and test_onnx_export: the session
+    # `shared_tiny` at `TINY_SIZE`, as `tiny_dynamic_onnx` and test_onnx_export: the session
     # traces these weights and options once for all of them (conftest).
-    model = seeded_model("glnet_tiny", seed=3)
+    model = shared_tiny()
     ckpt = folder / "tiny.pth"
     torch.save({"model": model.state_dict()}, ckpt)
     other = folder / "other.pth"
     torch.save({"model": seeded_model("glnet_tiny", seed=8).state_dict()}, other)
     with_ckpt = folder / "tiny.onnx"
-    export_onnx(model, with_ckpt, OnnxExportOptions(dynamic="shape", input_size=(64, 64)),
+    export_onnx(model, with_ckpt, OnnxExportOptions(dynamic="shape", input_size=(TINY_SIZE, TINY_SIZE)),
                 checkpoint_sha256=checkpoint_sha256(ckpt))
     random = folder / "random.onnx"
-    export_onnx(model, random, OnnxExportOptions(input_size=(64, 64)))
+    export_onnx(model, random, OnnxExportOptions(input_size=(TINY_SIZE, TINY_SIZE)))
     # The same graph with other weights: every float initializer of random.onnx moved (an
     # export of other.pth would give the same, one dynamo trace later).
     proto = onnx.load(random)
@@ -228,14 +229,14 @@ def test_models_lists_the_variants_with_their_sizes(monkeypatch: pytest.MonkeyPa
 
 def test_ema_weights_are_what_the_cli_exports_with_ema(tmp_path: Path) -> None:
     plain = seeded_model("glnet_tiny", seed=1)
-    ema = seeded_model("glnet_tiny", seed=3)  # exported fixed at 64 x 64 by test_onnx_export too: one trace
+    ema = shared_tiny()  # exported fixed at `TINY_SIZE` by test_onnx_export too: one trace
     ckpt = tmp_path / "ema.pth"
     torch.save({"model": plain.state_dict(), "model_ema": ema.state_dict()}, ckpt)
     out = tmp_path / "ema.onnx"
-    code, _, stderr = _cli("onnx", "--model", "glnet_tiny", "-c", str(ckpt), "--ema", "--input-size", "64",
+    code, _, stderr = _cli("onnx", "--model", "glnet_tiny", "-c", str(ckpt), "--ema", "--input-size", str(TINY_SIZE),
                            "--dynamic", "none", "-o", str(out))
     assert code == 0, stderr
-    x = torch.randn(1, 3, 64, 64)
+    x = torch.randn(1, 3, TINY_SIZE, TINY_SIZE)
     with torch.inference_mode(), runtimes.load(out) as runner:
         got = torch.from_numpy(runner.infer(x.numpy()))
         assert torch.allclose(got, ema.eval()(x), rtol=1e-4, atol=1e-4)
@@ -251,10 +252,11 @@ def test_debug_variable_shows_the_traceback() -> None:
 
 
 def test_bench_exits_1_when_a_requested_size_cannot_run(artifacts: dict[str, Path], tmp_path: Path) -> None:
-    # random.onnx is fixed at 64 x 64: the 128 cell cannot run. What ran is kept and
-    # reported; the exit code says that not everything asked for was measured.
+    # random.onnx is fixed at `TINY_SIZE`: the cell at twice that cannot run. What ran is
+    # kept and reported; the exit code says that not everything asked for was measured.
     report = tmp_path / "b.json"
-    code, stdout, stderr = _cli("bench", "run", str(artifacts["random"]), "--input-size", "64,128", "--iters", "2",
+    sizes = f"{TINY_SIZE},{2 * TINY_SIZE}"
+    code, stdout, stderr = _cli("bench", "run", str(artifacts["random"]), "--input-size", sizes, "--iters", "2",
                                 "--warmup", "0", "--json", str(report))
     assert code == 1 and "1 of 2 batch x size combinations could not run" in stderr, stderr
     results = json.loads(report.read_text())["artifacts"][0]["results"]

@@ -10,12 +10,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from helpers import reference_form, rel_error, torch_logits
+from helpers import TINY_SIZE, reference_form, rel_error, shared_tiny, torch_logits
 from typer.testing import CliRunner
 
 import glnet
 import runtimes
-from glnet.testing import seeded_model
 from glnet_export.cli import app
 
 TINY = "glnet_tiny"
@@ -23,7 +22,7 @@ TINY = "glnet_tiny"
 
 @pytest.fixture(scope="module")
 def tiny() -> glnet.GLNet:
-    return seeded_model(TINY, seed=3)
+    return shared_tiny()
 
 
 def _cli(*args: str) -> tuple[int, str, str]:
@@ -89,7 +88,7 @@ def test_cli_with_checkpoint_records_its_sha256(tiny: glnet.GLNet, tmp_path: Pat
     torch.save({"model": tiny.state_dict()}, ckpt)
     out = tmp_path / "t.onnx"
     code, stdout, stderr = _cli("onnx", "--model", TINY, "--checkpoint", str(ckpt), "-o", str(out),
-                                "--input-size", "64")
+                                "--input-size", str(TINY_SIZE))
     assert code == 0, stderr
     assert "RANDOM" not in stderr
     import hashlib
@@ -97,7 +96,7 @@ def test_cli_with_checkpoint_records_its_sha256(tiny: glnet.GLNet, tmp_path: Pat
     props = {p.key: p.value for p in onnx.load(out).metadata_props}
     assert props["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
     with runtimes.load(out) as runner:
-        x = np.random.default_rng(1).standard_normal((2, 3, 64, 64), dtype=np.float32)
+        x = np.random.default_rng(1).standard_normal((2, 3, TINY_SIZE, TINY_SIZE), dtype=np.float32)
         assert rel_error(torch_logits(tiny, x), runner.infer(x)) < 1e-5
 
 

@@ -15,31 +15,31 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import TINY_SIZE, shared_tiny
 from PIL import Image
 
 import glnet
 from artifacts.labels import imagenet1k_labels
 from artifacts.preprocess import ImageError
 from export.onnx import OnnxExportOptions, export_onnx
-from glnet.testing import seeded_model
 from serving.prediction import Prediction
 from serving.predictor import Predictor, PredictorError
 
-# A small input keeps 400 threaded calls to a few seconds on two cores; glnet_tiny seed 3
-# at 64 x 64 with a dynamic batch is also what test_onnx_export exports: the session traces it once.
-SIZE = 64
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "classify_folder.py"
 
 
 @pytest.fixture(scope="module")
 def tiny() -> glnet.GLNet:
-    return seeded_model("glnet_tiny", seed=3)
+    # A small input keeps 400 threaded calls to a few seconds on two cores; `shared_tiny` at
+    # `TINY_SIZE` with a dynamic batch is also what test_onnx_export exports: the session
+    # traces it once.
+    return shared_tiny()
 
 
 @pytest.fixture(scope="module")
 def artifact(tiny: glnet.GLNet, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("predictor") / "tiny.onnx"
-    export_onnx(tiny, path, OnnxExportOptions(dynamic="batch", input_size=(SIZE, SIZE)))
+    export_onnx(tiny, path, OnnxExportOptions(dynamic="batch", input_size=(TINY_SIZE, TINY_SIZE)))
     return path
 
 
@@ -246,8 +246,8 @@ def _write(path: Path, data: bytes) -> Path:
 
 
 def test_the_smallest_accepted_image_is_a_quarter_of_the_input(predictor: Predictor) -> None:
-    assert predictor.min_side == SIZE // 4
-    assert isinstance(predictor.predict(Image.new("RGB", (SIZE // 4, 90), (200, 30, 30))), Prediction)
+    assert predictor.min_side == TINY_SIZE // 4
+    assert isinstance(predictor.predict(Image.new("RGB", (TINY_SIZE // 4, 90), (200, 30, 30))), Prediction)
 
 
 def test_an_artifact_without_metadata_is_refused(artifact: Path, tmp_path: Path) -> None:

@@ -27,18 +27,16 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import copy_of
+from helpers import TINY_SIZE, copy_of, shared_tiny
 from typer.testing import CliRunner
 
 from artifacts.labels import imagenet1k_labels
 from artifacts.metadata import ArtifactMetadata
 from export.onnx import OnnxExportOptions, export_onnx
 from export.trt_profiles import EngineManifest, Profile, manifest_path
-from glnet.testing import seeded_model
 from glnet_export.cli import app
 from serving.predictor import Predictor
 
-SIZE = 64  # the size `tiny_dynamic_onnx` (conftest) was traced at
 HAVE_RAY = importlib.util.find_spec("ray") is not None
 HAVE_TRITONCLIENT = importlib.util.find_spec("tritonclient") is not None
 needs_triton = pytest.mark.skipif(not HAVE_TRITONCLIENT,
@@ -202,14 +200,14 @@ def test_triton_repo_for_a_dynamic_onnx(dynamic_onnx: Path, tmp_path: Path) -> N
     session = ort.InferenceSession(str(shipped), providers=["CPUExecutionProvider"])
     shipped_meta = ArtifactMetadata.from_props(session.get_modelmeta().custom_metadata_map)
     assert shipped_meta.target == "onnxruntime" and shipped_meta.contrib_ops == ("com.microsoft.Attention",)
-    x = np.random.default_rng(0).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((2, 3, TINY_SIZE, TINY_SIZE)).astype(np.float32)
     want = ort.InferenceSession(str(dynamic_onnx), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     np.testing.assert_allclose(session.run(None, {"input": x})[0], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
     assert "onnxruntime-targeted form" in result.stderr
     labels = (model_dir / "labels.txt").read_text().splitlines()
     assert labels == list(imagenet1k_labels())
     meta = ArtifactMetadata.from_props(json.loads((model_dir / "glnet_export.json").read_text()))
-    assert meta.model == "glnet_tiny" and meta.input_size == (SIZE, SIZE) and meta.target == "onnxruntime"
+    assert meta.model == "glnet_tiny" and meta.input_size == (TINY_SIZE, TINY_SIZE) and meta.target == "onnxruntime"
     assert [p.name for p in (tmp_path / "repo").iterdir()] == ["glnet_tiny"]  # no staging folder left
     portable = CliRunner().invoke(app, ["triton", str(dynamic_onnx), "--repo", str(tmp_path / "repo"), "--name",
                                         "portable", "--portable"])
@@ -222,13 +220,13 @@ def test_triton_repo_for_a_fixed_batch_onnx(tmp_path: Path) -> None:
     from serving.triton_repo import TritonOptions, write_triton_repo
 
     onnx_path = tmp_path / "fixed.onnx"
-    # glnet_tiny seed 3 fixed at 64 x 64, as test_onnx_export exports it: the session traces it once.
-    export_onnx(seeded_model("glnet_tiny", seed=3), onnx_path,
-                OnnxExportOptions(dynamic="none", input_size=(SIZE, SIZE)))
+    # `shared_tiny` fixed at `TINY_SIZE`, as test_onnx_export exports it: the session traces it once.
+    export_onnx(shared_tiny(), onnx_path,
+                OnnxExportOptions(dynamic="none", input_size=(TINY_SIZE, TINY_SIZE)))
     result = write_triton_repo(onnx_path, tmp_path / "repo", TritonOptions(max_batch=4))
     config, _ = _config(result.model_dir)
     assert result.name == "fixed" and config.max_batch_size == 0  # Triton must not batch a fixed-batch model
-    assert list(config.input[0].dims) == [1, 3, SIZE, SIZE] and list(config.output[0].dims) == [1, 1000]
+    assert list(config.input[0].dims) == [1, 3, TINY_SIZE, TINY_SIZE] and list(config.output[0].dims) == [1, 1000]
     assert not config.HasField("dynamic_batching")
     assert any("fixed batch" in n for n in result.notes)
 
@@ -262,14 +260,15 @@ def test_triton_repo_for_a_tensorrt_engine_from_its_manifest(dynamic_onnx: Path,
     engine = tmp_path / "tiny.engine"
     engine.write_bytes(b"not a real engine")
     props = {p.key: p.value for p in onnx.load(str(dynamic_onnx), load_external_data=False).metadata_props}
+    hw = (TINY_SIZE, TINY_SIZE)
     manifest = EngineManifest("10.3.0", "Orin", "8.7", "fp16", "strong",
-                              [Profile("input", (1, 3, SIZE, SIZE), (4, 3, SIZE, SIZE), (16, 3, SIZE, SIZE))],
+                              [Profile("input", (1, 3, *hw), (4, 3, *hw), (16, 3, *hw))],
                               str(dynamic_onnx), "0" * 64, metadata=props)
     manifest_path(engine).write_text(manifest.to_json())
     result = write_triton_repo(engine, tmp_path / "repo")
     config, mc = _config(result.model_dir)
     assert config.platform == "tensorrt_plan" and config.max_batch_size == 16  # the profile's max batch
-    assert list(config.input[0].dims) == [3, SIZE, SIZE] and list(config.output[0].dims) == [1000]
+    assert list(config.input[0].dims) == [3, TINY_SIZE, TINY_SIZE] and list(config.output[0].dims) == [1000]
     assert config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
     assert (result.model_dir / "1" / "model.plan").read_bytes() == b"not a real engine"
 

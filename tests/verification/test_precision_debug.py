@@ -4,7 +4,7 @@ The fault: one GLMix block's first feature convolution is scaled up by 2**17 and
 depthwise convolution after it down by as much. In fp32 that is exact (a power of two),
 so the model computes what it did; in fp16 that convolution's outputs pass 65504 and
 overflow. The debugger must name exactly that block, and keeping it fp32 must remove the
-error. glnet_tiny seed 3, dynamic shape, 64 x 64: the session's shared trace.
+error. `helpers.shared_tiny`, dynamic shape, at `helpers.TINY_SIZE`: the session's shared trace.
 """
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from helpers import copy_of
+from helpers import copy_of, shared_tiny
 from helpers_trained import TrainedDigits
 from onnx import numpy_helper
 from typer.testing import CliRunner
 
 import glnet
 from export.precision import PrecisionOptions, write_precision_onnx
-from glnet.testing import seeded_model
 from glnet_export.cli import app
 from verification.metrics import tolerance_for
 from verification.precision_debug import DebugOptions, PrecisionDebugError, debug_precision, judge
@@ -66,8 +65,8 @@ def plant_fault(model: glnet.GLNet, onnx_path: Path) -> glnet.GLNet:
 @pytest.fixture(scope="module")
 def planted(tiny_dynamic_onnx: Path, work: Path) -> tuple[glnet.GLNet, Path]:
     """The faulty model and its portable ONNX (the export's initializers scaled the same way)."""
-    path = copy_of(tiny_dynamic_onnx, work)  # glnet_tiny seed 3, exported
-    return plant_fault(seeded_model("glnet_tiny", seed=3), path), path
+    path = copy_of(tiny_dynamic_onnx, work)  # `shared_tiny` exported
+    return plant_fault(shared_tiny(), path), path
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +80,7 @@ def test_the_fault_leaves_fp32_unchanged(planted: tuple[glnet.GLNet, Path]) -> N
     faulty, path = planted
     x = np.random.default_rng(0).normal(size=(2, 3, 64, 64)).astype(np.float32)
     with torch.inference_mode():
-        clean = seeded_model("glnet_tiny", seed=3)(torch.from_numpy(x)).numpy()
+        clean = shared_tiny()(torch.from_numpy(x)).numpy()
         ours = faulty(torch.from_numpy(x)).numpy()
     onnx_out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     assert np.abs(ours - clean).max() <= 1e-5 * np.abs(clean).max()
