@@ -27,18 +27,24 @@ from .sysinfo import DeviceInfo, device_from_dict
 SCHEMA = "glnet-export/bench"
 SCHEMA_VERSION = 1  # bumped when a field changes meaning or goes away; new fields keep it
 STATS = ("mean", "std", "min", "p50", "p90", "p95", "p99", "max")
+# The edge figures of one file from a fresh process (`bench.edge`), under these keys in
+# reports: load time (runtimes.load + compile), first inference, that process's peak resident
+# memory and its peak before loading the file (MiB). A `bench --model` format row holds them
+# (bench.suite); an artifact, and each of its CSV rows, holds them between its file size and
+# the GPU memory its engine took.
+EDGE_COLUMNS = ("load_seconds", "first_inference_ms", "peak_rss_mb", "baseline_rss_mb")
+ARTIFACT_EDGE_COLUMNS = ("file_mb", *EDGE_COLUMNS, "gpu_memory_mb")
 CSV_COLUMNS = (
     ["schema_version", "kind", "artifact", "path", "sha256", "backend", "precision", "model", "mode", "streams",
      "batch", "height", "width", "runs", "cold_ms"]
     + [f"{s}_ms" for s in STATS]
     + ["throughput_ips", "gpu_compute_mean_ms", "gpu_compute_p50_ms", "energy_mj_per_image", "avg_power_w",
-       "file_mb", "load_seconds", "first_inference_ms", "peak_rss_mb", "baseline_rss_mb", "gpu_memory_mb", "error",
-       "host", "cpu_model", "cpu_cores", "threads", "memory_gib", "gpu", "gpu_driver", "board", "power_mode",
-       "libraries"]
+       *ARTIFACT_EDGE_COLUMNS, "error", "host", "cpu_model", "cpu_cores", "threads", "memory_gib", "gpu", "gpu_driver",
+       "board", "power_mode", "libraries"]
 )
-# Per artifact (the energy: of its first measured batch and size), as `bench compare` shows them.
-EDGE_FIGURES = ("file_mb", "load_seconds", "first_inference_ms", "peak_rss_mb", "gpu_memory_mb",
-                "energy_mj_per_image")
+# Per artifact (the energy: of its first measured batch and size), as `bench compare` shows them:
+# not the baseline memory, which is the runtime's, not the artifact's.
+EDGE_FIGURES = (*(name for name in ARTIFACT_EDGE_COLUMNS if name != "baseline_rss_mb"), "energy_mj_per_image")
 
 
 class ReportError(GlnetExportError):
@@ -95,8 +101,7 @@ def rows(data: dict[str, Any]) -> list[dict[str, Any]]:
                        throughput_ips=r.get("throughput"), gpu_compute_mean_ms=gpu.get("mean"),
                        gpu_compute_p50_ms=gpu.get("p50"), energy_mj_per_image=r.get("energy_mj_per_image"),
                        avg_power_w=r.get("avg_power_w"), error=r.get("error", ""))
-            row.update({k: art.get(k) for k in ("file_mb", "load_seconds", "first_inference_ms", "peak_rss_mb",
-                                                "baseline_rss_mb", "gpu_memory_mb")})
+            row.update({k: art.get(k) for k in ARTIFACT_EDGE_COLUMNS})
             row.update({f"{s}_ms": lat.get(s) for s in STATS})
             out.append(row)
     return out

@@ -37,15 +37,12 @@ from verification.accuracy import FormatAccuracy
 from verification.metrics import shapes_to_verify, tolerance_for, verify
 
 from .edge import EdgeFigures, measure_in_child
+from .report import EDGE_COLUMNS
 from .runner import ArtifactBench, BenchResult, artifact_files, artifact_sha256, interleave
 from .stats import LatencyStats
 from .timing import make_inputs
 
 Progress = Callable[[str], None]
-# The edge figures a format row shows, under these keys in reports: load time (runtimes.load +
-# compile), first inference, that process's peak resident memory and its peak before loading
-# the file (MiB).
-EDGE_COLUMNS = ("load_seconds", "first_inference_ms", "peak_rss_mb", "baseline_rss_mb")
 
 
 @dataclass
@@ -99,7 +96,7 @@ class FormatRow:
     accuracy: FormatAccuracy | None = None  # on --data: top-1 / top-5 and the change from PyTorch
 
     def figure(self, name: str) -> float | None:
-        """One of the edge figures (`EDGE_COLUMNS`); None where not measured."""
+        """One of the edge figures (`report.EDGE_COLUMNS`); None where not measured."""
         return getattr(self.edge, name, None)
 
     def to_json(self) -> dict[str, Any]:
