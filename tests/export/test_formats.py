@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import TINY_SIZE, shared_tiny
 from typer.testing import CliRunner
 
-import glnet
 import runtimes
 from artifacts.errors import OptionError
 from export import formats
@@ -96,8 +96,9 @@ def test_adding_a_format_is_one_entry(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_a_model_given_for_an_onnx_built_format_goes_through_a_temporary_onnx(tmp_path: Path) -> None:
     pytest.importorskip("openvino")
-    model = glnet.create_model("glnet_tiny").eval()
-    result = build("openvino-auto", model, tmp_path / "tiny.xml", onnx_options={"input_size": (64, 64)})
+    model = shared_tiny()  # seeded, and traced at this size by other modules: the session shares the trace
+    size = (TINY_SIZE, TINY_SIZE)
+    result = build("openvino-auto", model, tmp_path / "tiny.xml", onnx_options={"input_size": size})
     assert result.path == tmp_path / "tiny.xml" and result.xml.is_file()
-    assert result.metadata.model == "glnet_tiny" and result.metadata.input_size == (64, 64)
+    assert result.metadata.model == "glnet_tiny" and result.metadata.input_size == size
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.bin", "tiny.xml"], "the ONNX step leaves nothing"
