@@ -198,9 +198,10 @@ def digits_labelled(digits: TrainedDigits, tmp_path_factory: pytest.TempPathFact
 @pytest.fixture(scope="session")
 def tiny_dynamic_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`helpers.shared_tiny` exported once per worker: dynamic batch and size, traced at
-    `helpers.TINY_SIZE`, verified against PyTorch by the export itself. The file that the OpenVINO, residual-fold,
-    keep-float, precision-debugger and bench tests convert, time and plant faults in: each
-    copies it (`helpers.copy_of`) into its own folder, so files written beside it stay its own."""
+    `helpers.TINY_SIZE`, verified against PyTorch by the export itself. The file that the
+    OpenVINO, residual-fold, keep-float, precision-debugger and bench tests convert, time and
+    plant faults in: each copies it (`helpers.copy_of`) into its own folder, so files written
+    beside it stay its own."""
     from helpers import TINY_SIZE, shared_tiny
 
     from export.onnx import OnnxExportOptions, export_onnx
